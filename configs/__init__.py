@@ -1,0 +1,1 @@
+"""Configuration: engine defaults, config extensions, registries and user-facing errors."""

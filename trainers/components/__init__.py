@@ -1,0 +1,1 @@
+"""Swappable components, one registry per kind (each registry's docstring states the contract)."""

@@ -1,0 +1,69 @@
+"""Context generators: the learnable part of a text prompt.
+
+Calling contract (every registered generator): constructed with keyword arguments
+``n_ctx, ctx_dim, vis_dim, n_cls, init`` (``init``: Tensor[n_ctx, ctx_dim] or None, plus
+generator-specific ones) and called as ``gen(img_feat)`` with ``img_feat``: Tensor[B, vis_dim]
+(L2-normalised image features; generators that ignore the image accept None). It returns the
+context vectors Tensor[B', C', n_ctx, ctx_dim] with B' in {1, B} and C' in {1, n_cls}; the
+prompt learner broadcasts them over images and classes.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from configs.registry import Registry
+
+CONTEXT_GENERATORS = Registry("context generator")
+
+
+def _init_ctx(n_rows: int, n_ctx: int, ctx_dim: int, init: Optional[torch.Tensor], std: float) -> torch.Tensor:
+    if init is not None:
+        return init.detach().clone().float().unsqueeze(0).repeat(n_rows, 1, 1)
+    return torch.randn(n_rows, n_ctx, ctx_dim) * std
+
+
+@CONTEXT_GENERATORS.register()
+class StaticContext(nn.Module):
+    """CoOp: learnable context shared by all classes, or class-specific (``csc``)."""
+
+    def __init__(
+        self, n_ctx: int, ctx_dim: int, n_cls: int, init: Optional[torch.Tensor] = None,
+        csc: bool = False, init_std: float = 0.02, **_: object,
+    ) -> None:
+        super().__init__()
+        self.csc = csc
+        self.ctx = nn.Parameter(_init_ctx(n_cls if csc else 1, n_ctx, ctx_dim, init, init_std))  # [C' , n_ctx, D]
+
+    def forward(self, img_feat: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.ctx.unsqueeze(0)  # [1, C', n_ctx, D]
+
+
+@CONTEXT_GENERATORS.register()
+class ConditionalContext(nn.Module):
+    """CoCoOp: shared context plus a per-image shift from a meta-network.
+
+    ``meta_net = Linear(vis_dim, vis_dim // hidden_ratio) -> ReLU [-> Dropout] -> Linear(.., ctx_dim)``;
+    ``ctx_i = ctx + meta_net(img_feat_i)`` for every context token.
+    """
+
+    def __init__(
+        self, n_ctx: int, ctx_dim: int, vis_dim: int, init: Optional[torch.Tensor] = None,
+        hidden_ratio: int = 16, dropout: float = 0.0, init_std: float = 0.02, **_: object,
+    ) -> None:
+        super().__init__()
+        self.ctx = nn.Parameter(_init_ctx(1, n_ctx, ctx_dim, init, init_std)[0])  # [n_ctx, D]
+        hidden = max(1, vis_dim // hidden_ratio)
+        layers = [nn.Linear(vis_dim, hidden), nn.ReLU(inplace=True)]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(hidden, ctx_dim))
+        self.meta_net = nn.Sequential(*layers)
+
+    def forward(self, img_feat: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if img_feat is None:
+            raise ValueError("ConditionalContext needs image features")
+        bias = self.meta_net(img_feat.to(self.ctx.dtype))  # [B, D]
+        return (self.ctx.unsqueeze(0) + bias.unsqueeze(1)).unsqueeze(1)  # [B, 1, n_ctx, D]

@@ -1,0 +1,130 @@
+"""The prompt learner shared by CoOp, CoCoOp and their descendants.
+
+A class prompt is ``[SOS] ctx_1 .. ctx_M name_tokens . [EOS]`` (class token position
+``end``), ``[SOS] name ctx .`` (``front``) or ``[SOS] ctx_1..ctx_M/2 name ctx_M/2+1..ctx_M .``
+(``middle``). The learnable context comes from a swappable context generator
+(``trainers/components/context.py``); the fixed token embeddings are non-persistent buffers,
+so a saved prompt learner holds only what trains and loads on other class names.
+"""
+from __future__ import annotations
+
+import logging
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from configs.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+POSITIONS = ("end", "middle", "front")
+
+
+def context_from_words(clip, words: str) -> Tuple[torch.Tensor, int]:
+    """Token embeddings [n, D] of ``words`` (without SOS/EOS) and their count n."""
+    tokens = clip.tokenize([words])
+    n = int(clip.eot_positions(tokens)[0]) - 1
+    if n <= 0:
+        raise ConfigError(f"context init {words!r} has no tokens")
+    with torch.no_grad():
+        emb = clip.embed_tokens(tokens.to(next(clip.parameters()).device))[0, 1 : 1 + n].float().cpu()
+    return emb, n
+
+
+class PromptLearner(nn.Module):
+    """Builds prompt embeddings for C classes around a context generator.
+
+    Args:
+        clip: a ``clip.ClipBackbone`` (frozen; used here for its tokenizer and token embedding).
+        classnames: C class names.
+        context: a context generator module (see ``context.py``) producing [B', C', n_ctx, D].
+        n_ctx: number of context tokens the generator produces.
+        position: class token position, ``end`` | ``middle`` | ``front``.
+        suffix: text after the class name (default ``"."``).
+    """
+
+    def __init__(
+        self, clip, classnames: List[str], context: nn.Module, n_ctx: int,
+        position: str = "end", suffix: str = ".",
+    ) -> None:
+        super().__init__()
+        if position not in POSITIONS:
+            raise ConfigError(f"unknown class token position {position!r} (choose from {', '.join(POSITIONS)})")
+        self.context = context
+        self.n_ctx, self.n_cls = n_ctx, len(classnames)
+        names = [c.replace("_", " ") for c in classnames]
+        texts = [" ".join(["X"] * n_ctx) + " " + name + suffix for name in names]
+        tokens = clip.tokenize(texts)  # [C, 77]
+        eot = clip.eot_positions(tokens)  # [C]
+        name_lens = [int(n) - 1 for n in clip.eot_positions(clip.tokenize(names))]
+        length = int(eot.max()) + 1  # causal mask: nothing after the last EOT matters
+        with torch.no_grad():
+            emb = clip.embed_tokens(tokens[:, :length].to(next(clip.parameters()).device)).float().cpu()
+        self.register_buffer("token_embedding", emb, persistent=False)  # [C, L, D]
+        self.register_buffer("eot", eot, persistent=False)  # [C]
+        self.register_buffer("gather_index", self._index(length, name_lens, position), persistent=False)  # [C, L]
+
+    def _index(self, length: int, name_lens: List[int], position: str) -> torch.Tensor:
+        """Where each prompt position reads from: < L a token embedding, >= L a context vector."""
+        m, L = self.n_ctx, length
+        rows = []
+        for n_name in name_lens:
+            ctx = list(range(L, L + m))
+            name = list(range(1 + m, 1 + m + n_name))
+            rest = list(range(1 + m + n_name, L))
+            if position == "end":
+                seq = ctx + name
+            elif position == "front":
+                seq = name + ctx
+            else:
+                seq = ctx[: m // 2] + name + ctx[m // 2 :]
+            rows.append([0] + seq + rest)
+        return torch.tensor(rows, dtype=torch.long)
+
+    def forward(self, img_feat: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Prompt embeddings [B', C, L, D] and EOT positions [C] (B' = 1 unless image-conditioned)."""
+        ctx = self.context(img_feat)  # [B', C', M, D]
+        b = ctx.shape[0]
+        emb = self.token_embedding.to(ctx.dtype)
+        full = torch.cat([emb.unsqueeze(0).expand(b, -1, -1, -1), ctx.expand(b, self.n_cls, -1, -1)], dim=2)
+        idx = self.gather_index[None, :, :, None].expand(b, -1, -1, full.shape[-1])
+        return full.gather(2, idx), self.eot
+
+
+class PromptedCLIP(nn.Module):
+    """Frozen CLIP + a prompt learner: ``forward(images) -> logits [B, C]``.
+
+    ``logits = exp(logit_scale) * norm(image) @ norm(text)^T``; with an image-conditioned
+    context every image gets its own C prompts, all encoded in one batched text pass.
+    """
+
+    def __init__(self, clip, prompt_learner: PromptLearner) -> None:
+        super().__init__()
+        self.clip = clip
+        self.prompt_learner = prompt_learner
+
+    def train(self, mode: bool = True) -> "PromptedCLIP":
+        super().train(mode)
+        self.clip.eval()  # CLIP stays in eval mode (frozen, no dropout / BN updates)
+        return self
+
+    def text_features(self, img_feat: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Normalised class text features [B', C, E]."""
+        prompts, eot = self.prompt_learner(img_feat)
+        b, c, length, d = prompts.shape
+        txt = self.clip.encode_text_embeddings(prompts.reshape(b * c, length, d), eot.repeat(b))
+        return F.normalize(txt.reshape(b, c, -1), dim=-1)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.clip.encode_image(images), dim=-1)
+
+    def logits_from_features(self, img: torch.Tensor) -> torch.Tensor:
+        txt = self.text_features(img)
+        scale = self.clip.logit_scale.exp()
+        if txt.shape[0] == 1:
+            return scale * img @ txt[0].t()
+        return scale * torch.einsum("be,bce->bc", img, txt.to(img.dtype))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits_from_features(self.image_features(images))

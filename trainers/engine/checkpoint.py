@@ -1,0 +1,84 @@
+"""Checkpoints in the Dassl layout.
+
+``OUTPUT_DIR/<model_name>/model.pth.tar-<epoch>``, ``model-best.pth.tar`` and a text file
+``checkpoint`` naming the latest. Each holds ``state_dict, epoch (1-based), optimizer,
+scheduler, val_result`` (+ ``scaler``, ``engine``). Files are written to a temporary name
+and renamed, so a crash never leaves a half-written checkpoint; they are read with
+``weights_only=True``, so loading a checkpoint cannot run code.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, Optional
+
+import torch
+
+from configs.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+BEST = "model-best.pth.tar"
+
+
+def ckpt_name(epoch: int) -> str:
+    return f"model.pth.tar-{epoch}"
+
+
+def save_checkpoint(state: Dict[str, Any], model_dir: str, is_best: bool = False, name: Optional[str] = None) -> str:
+    """Atomically write ``state`` as ``model.pth.tar-<epoch>`` (or ``name``) and update ``checkpoint``."""
+    os.makedirs(model_dir, exist_ok=True)
+    fname = name or ckpt_name(int(state["epoch"]))
+    path = os.path.join(model_dir, fname)
+    _atomic_save(state, path)
+    if is_best:
+        _atomic_save(state, os.path.join(model_dir, BEST))
+    if name is None:
+        tmp = os.path.join(model_dir, "checkpoint.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(fname + "\n")
+        os.replace(tmp, os.path.join(model_dir, "checkpoint"))
+    return path
+
+
+def _atomic_save(state: Dict[str, Any], path: str) -> None:
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(model_dir: str) -> Optional[str]:
+    """Path named by ``model_dir/checkpoint``, or None."""
+    marker = os.path.join(model_dir, "checkpoint")
+    if not os.path.isfile(marker):
+        return None
+    with open(marker, encoding="utf-8") as f:
+        fname = f.readline().strip()
+    path = os.path.join(model_dir, fname)
+    return path if os.path.isfile(path) else None
+
+
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``); one-line errors for missing/bad files."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"checkpoint {path} has no 'state_dict' entry")
+    return ckpt
+
+
+def checkpoint_path(directory: str, model_name: str, epoch: Optional[int]) -> str:
+    """The file for ``--model-dir/--load-epoch`` (epoch None = best, else latest)."""
+    model_dir = os.path.join(directory, model_name)
+    if epoch is not None and epoch > 0:
+        return os.path.join(model_dir, ckpt_name(epoch))
+    best = os.path.join(model_dir, BEST)
+    if epoch is None and os.path.isfile(best):
+        return best
+    latest = latest_checkpoint(model_dir)
+    if latest is None:
+        raise CheckpointError(f"no checkpoint found in {model_dir}")
+    return latest

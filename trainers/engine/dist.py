@@ -1,0 +1,77 @@
+"""Distributed helpers (torchrun / DistributedDataParallel).
+
+A run started by ``torchrun`` has RANK / WORLD_SIZE / LOCAL_RANK in its environment;
+:func:`init_distributed` then joins the process group (NCCL on GPU, gloo on CPU).
+Everything here degrades to single-process no-ops otherwise.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, List
+
+import torch
+import torch.distributed as dist
+
+
+def init_distributed(use_cuda: bool) -> torch.device:
+    """Join the process group if launched by torchrun; return this process's device."""
+    cuda = use_cuda and torch.cuda.is_available()
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if cuda:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def all_gather_object(obj: Any) -> List[Any]:
+    """Every rank's ``obj``, in rank order (a one-element list without a process group)."""
+    if not is_dist():
+        return [obj]
+    out: List[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` from rank ``src`` on every rank."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def any_rank(flag: bool) -> bool:
+    """True if ``flag`` is true on any rank (used to stop all ranks together)."""
+    if not is_dist():
+        return flag
+    return any(all_gather_object(bool(flag)))
+
+
+def cleanup() -> None:
+    if is_dist():
+        dist.destroy_process_group()

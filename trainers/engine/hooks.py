@@ -1,0 +1,145 @@
+"""Periodic behaviour of the training loop, as hooks.
+
+A hook sees the trainer and is called at ``before_train``, ``before_epoch``,
+``after_step``, ``after_epoch`` and ``after_train``. The default hooks step the LR schedule,
+print progress, evaluate on validation, keep the best model and write checkpoints; a trainer
+adds its own (e.g. an adaptive loss weight) in ``build_hooks``. Hook order matters: a hook
+that reads ``trainer.last_val`` must come after :class:`EvalHook`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Dict, Optional
+
+from .checkpoint import ckpt_name
+
+logger = logging.getLogger(__name__)
+
+
+class HookBase:
+    """No-op base class; ``self.trainer`` is set by the trainer."""
+
+    trainer: Any = None
+
+    def before_train(self) -> None: ...
+
+    def before_epoch(self) -> None: ...
+
+    def after_step(self) -> None: ...
+
+    def after_epoch(self) -> None: ...
+
+    def after_train(self) -> None: ...
+
+    def state_dict(self) -> Dict[str, Any]:
+        """State saved in checkpoints so a resumed run continues exactly."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None: ...
+
+
+class LRSchedulerHook(HookBase):
+    """Steps every scheduler once per epoch, or once per iteration if it was built per-iteration."""
+
+    def after_step(self) -> None:
+        for s in self.trainer.schedulers():
+            if getattr(s, "per_iter", False):
+                s.step()
+
+    def after_epoch(self) -> None:
+        for s in self.trainer.schedulers():
+            if not getattr(s, "per_iter", False):
+                s.step()
+
+
+class ProgressHook(HookBase):
+    """Logs ``epoch [e/E] batch [i/N] loss ... lr ... eta`` every ``period`` iterations."""
+
+    def __init__(self, period: int) -> None:
+        self.period = max(1, period)
+
+    def before_train(self) -> None:
+        self.t0 = time.time()
+        self.done = 0
+
+    def before_epoch(self) -> None:
+        self.t_epoch = time.time()
+
+    def after_step(self) -> None:
+        t = self.trainer
+        self.done += 1
+        i, n = t.batch_idx + 1, t.num_batches
+        if i % self.period and i != n:
+            return
+        elapsed = time.time() - self.t0
+        remaining = (t.max_epoch - t.epoch - 1) * n + (n - i)
+        eta = elapsed / self.done * remaining
+        from .utils import format_eta
+
+        vals = " ".join(f"{k} {v:.4f}" for k, v in t.meters.latest().items())
+        logger.info(
+            f"epoch [{t.epoch + 1}/{t.max_epoch}] batch [{i}/{n}] {vals} lr {t.current_lr():.4e} eta {format_eta(eta)}"
+        )
+
+    def after_epoch(self) -> None:
+        t = self.trainer
+        avg = t.meters.averages()
+        t.writer.write({"split": "train", "epoch": t.epoch + 1, "final": False, "metrics": avg, "lr": t.current_lr()})
+        t.writer.scalars("train", {**avg, "lr": t.current_lr()}, t.epoch + 1)
+
+
+class EvalHook(HookBase):
+    """Evaluates on the validation split every ``period`` epochs (and after the last) and
+    tracks the best main metric; sets ``trainer.last_val`` and ``trainer.is_best``."""
+
+    def __init__(self, period: int) -> None:
+        self.period = period
+        self.best: Optional[float] = None
+
+    def after_epoch(self) -> None:
+        t = self.trainer
+        t.is_best = False
+        t.last_val = None
+        last = t.epoch + 1 == t.max_epoch
+        if self.period <= 0 or not t.has_val or not ((t.epoch + 1) % self.period == 0 or last):
+            return
+        results = t.evaluate("val")
+        t.last_val = results
+        score = results[t.evaluator.main_metric]
+        if self.best is None or score > self.best:
+            self.best = score
+            t.is_best = True
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.best = state.get("best")
+
+
+class CheckpointHook(HookBase):
+    """Saves ``model.pth.tar-<epoch>`` after every epoch (keeping the periodic ones and the last),
+    and ``model-best.pth.tar`` when validation improved. Only rank 0 writes."""
+
+    def __init__(self, period: int) -> None:
+        self.period = period
+        self.prev: Optional[int] = None
+
+    def after_epoch(self) -> None:
+        t = self.trainer
+        epoch = t.epoch + 1
+        t.save_model(epoch, is_best=t.is_best, val_result=t.last_val)
+        if self.prev is not None and not (self.period > 0 and self.prev % self.period == 0) and t.is_main:
+            for name in t.get_model_names():
+                old = os.path.join(t.output_dir, name, ckpt_name(self.prev))
+                if os.path.exists(old):
+                    os.remove(old)
+        self.prev = epoch
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"prev": self.prev}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.prev = state.get("prev")

@@ -1,0 +1,4 @@
+"""The trainer registry (``@TRAINER_REGISTRY.register()`` on a TrainerBase subclass)."""
+from configs.registry import Registry
+
+TRAINER_REGISTRY = Registry("trainer")
