@@ -1,0 +1,210 @@
+"""Data loaders whose batches are dicts (see the data contract in ARCHITECTURE.md).
+
+A batch holds ``img`` FloatTensor[B,3,H,W], ``index`` LongTensor[B] (position in the data
+source), ``impath`` list[str], and every target the data has: ``label`` LongTensor[B],
+``labels`` FloatTensor[B,C] multi-hot, ``dist`` FloatTensor[B,C], ``va`` FloatTensor[B,2].
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from configs.errors import ConfigError, DatasetError
+from configs.registry import closest
+
+from .base import Datum
+
+logger = logging.getLogger(__name__)
+
+SAMPLERS = ("RandomSampler", "SequentialSampler")
+
+
+def read_image(path: str) -> Image.Image:
+    """Open an image as RGB; DatasetError naming the file if it is missing, unreadable or truncated."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(f"cannot read image {path}: {e}") from None
+
+
+def target_keys(data: Sequence[Datum]) -> List[str]:
+    """The target keys a loader over ``data`` emits.
+
+    ``label`` / ``labels`` when any datum has one (missing: -1 / all zeros); ``dist`` / ``va``
+    when any datum has one, in which case all must (DatasetError naming the first without).
+    """
+    keys = []
+    if any(d.label >= 0 for d in data):
+        keys.append("label")
+    if any(d.labels for d in data):
+        keys.append("labels")
+    for key in ("dist", "va"):
+        have = [getattr(d, key) is not None for d in data]
+        if any(have):
+            if not all(have):
+                bad = data[have.index(False)].impath
+                raise DatasetError(f"{bad} has no {key} although other items of the split have one")
+            keys.append(key)
+    return keys
+
+
+class DatasetWrapper(Dataset):
+    """Reads and transforms ``data_source[i]`` into a dict of tensors (one sample, no batch dim)."""
+
+    def __init__(self, data_source: Sequence[Datum], transform: Optional[Callable], num_classes: int) -> None:
+        self.data_source = list(data_source)
+        self.transform = transform
+        self.num_classes = num_classes
+        self.keys = target_keys(self.data_source)
+
+    def __len__(self) -> int:
+        return len(self.data_source)
+
+    def __getitem__(self, idx: int) -> Dict[str, Any]:
+        d = self.data_source[idx]
+        img = read_image(d.impath)
+        out: Dict[str, Any] = {
+            "img": self.transform(img) if self.transform is not None else torch.from_numpy(
+                np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
+            ),
+            "index": idx,
+            "impath": d.impath,
+        }
+        if "label" in self.keys:
+            out["label"] = d.label
+        if "labels" in self.keys:
+            multi_hot = torch.zeros(self.num_classes, dtype=torch.float32)
+            if d.labels:
+                multi_hot[list(d.labels)] = 1.0
+            out["labels"] = multi_hot
+        if "dist" in self.keys:
+            out["dist"] = torch.tensor(d.dist, dtype=torch.float32)
+        if "va" in self.keys:
+            out["va"] = torch.tensor(d.va, dtype=torch.float32)
+        return out
+
+
+class EpochSampler(Sampler):
+    """Training order that is a pure function of (seed, epoch), sharded across ranks.
+
+    The permutation is ``torch.randperm(n)`` with a generator seeded ``seed + epoch`` (or
+    ``range(n)`` when ``shuffle`` is False); it is padded by repeating its start to a multiple of
+    ``world_size`` (like DistributedSampler) and rank r takes positions r::world_size.
+    """
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+        self.n, self.seed, self.shuffle, self.rank, self.world_size = n, seed, shuffle, rank, world_size
+        self.epoch = 0
+        self.num_samples = math.ceil(n / world_size) if n else 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        total = self.num_samples * self.world_size
+        while len(order) < total:
+            order += order[: total - len(order)]
+        return iter(order[self.rank : total : self.world_size])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class ShardSampler(Sampler):
+    """Sequential evaluation order; rank r gets r::world_size, no padding (each item once overall)."""
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+        self.indices = list(range(rank, n, world_size))
+
+    def set_epoch(self, epoch: int) -> None:  # same interface as EpochSampler
+        pass
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _worker_init(worker_id: int) -> None:
+    """Seed numpy and random in each worker from torch's per-worker seed (itself deterministic)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_data_loader(
+    data_source: List[Datum],
+    transform: Optional[Callable],
+    batch_size: int,
+    *,
+    is_train: bool,
+    num_classes: int,
+    num_workers: int = 0,
+    seed: int = 0,
+    distributed: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: Optional[bool] = None,
+    pin_memory: bool = False,
+    sampler: str = "",
+) -> DataLoader:
+    """A DataLoader over ``data_source`` yielding dict batches (module docstring).
+
+    Train: :class:`EpochSampler` (call ``loader.sampler.set_epoch(epoch)``), shuffled unless
+    ``sampler`` is "SequentialSampler"; ``drop_last`` defaults to True when the per-rank
+    length exceeds ``batch_size``. Test: :class:`ShardSampler` (sequential; rank r gets
+    r::world_size when distributed, no padding), never drops. Workers are seeded from ``seed``
+    and ``rank``; they persist across epochs when ``num_workers`` > 0.
+    """
+    if not data_source:
+        raise DatasetError("cannot build a data loader over an empty split")
+    if batch_size <= 0:
+        raise ConfigError(f"batch size must be positive, got {batch_size}")
+    sampler = sampler or ("RandomSampler" if is_train else "SequentialSampler")
+    if sampler not in SAMPLERS:
+        hint = closest(sampler, list(SAMPLERS))
+        raise ConfigError(f"unknown sampler {sampler!r}" + (f" (did you mean {hint!r}?)" if hint else f" (known: {SAMPLERS})"))
+    if not distributed:
+        rank, world_size = 0, 1
+    n = len(data_source)
+    if is_train:
+        smp: Sampler = EpochSampler(n, seed=seed, shuffle=sampler == "RandomSampler", rank=rank, world_size=world_size)
+        if drop_last is None:
+            drop_last = len(smp) > batch_size
+    else:
+        smp = ShardSampler(n, rank=rank, world_size=world_size)
+        if drop_last:
+            logger.warning("drop_last ignored for evaluation: every sample is evaluated once")
+        drop_last = False
+    generator = torch.Generator()
+    generator.manual_seed(seed * 1000 + rank)
+    return DataLoader(
+        DatasetWrapper(data_source, transform, num_classes),
+        batch_size=batch_size,
+        sampler=smp,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+        generator=generator,
+        persistent_workers=num_workers > 0,
+    )

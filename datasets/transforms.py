@@ -1,0 +1,132 @@
+"""Image transforms from ``cfg.INPUT`` (Dassl transform names).
+
+The pipeline order is fixed whatever the order of the names: geometry (one of
+random_resized_crop / random_crop / center_crop / resize), random_flip, colorjitter,
+randomgrayscale, gaussian_blur, to-tensor, normalize. Output: FloatTensor[3, H, W] in [0, 1]
+(then normalised when "normalize" is listed).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence, Tuple
+
+import torchvision.transforms as T
+from torchvision.transforms import InterpolationMode
+
+from configs.errors import ConfigError
+from configs.registry import closest
+
+logger = logging.getLogger(__name__)
+
+TRANSFORM_NAMES = (
+    "random_resized_crop",
+    "random_crop",
+    "random_flip",
+    "center_crop",
+    "resize",
+    "colorjitter",
+    "randomgrayscale",
+    "gaussian_blur",
+    "normalize",
+)
+INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC, "nearest": InterpolationMode.NEAREST}
+
+
+@dataclass(frozen=True)
+class TransformSettings:
+    """The ``cfg.INPUT`` values the transforms use (plain values, no cfg)."""
+
+    size: Tuple[int, int] = (224, 224)
+    interpolation: str = "bilinear"
+    mean: Tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: Tuple[float, ...] = (0.229, 0.224, 0.225)
+    rrcrop_scale: Tuple[float, float] = (0.08, 1.0)
+    crop_padding: int = 4
+    colorjitter: Tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+    rgs_p: float = 0.2
+    gb_p: float = 0.5
+    gb_k: int = 21
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "TransformSettings":
+        i = cfg.INPUT
+        return cls(
+            size=(int(i.SIZE[0]), int(i.SIZE[1])),
+            interpolation=str(i.INTERPOLATION),
+            mean=tuple(float(x) for x in i.PIXEL_MEAN),
+            std=tuple(float(x) for x in i.PIXEL_STD),
+            rrcrop_scale=(float(i.RRCROP_SCALE[0]), float(i.RRCROP_SCALE[1])),
+            crop_padding=int(i.CROP_PADDING),
+            colorjitter=(float(i.COLORJITTER_B), float(i.COLORJITTER_C), float(i.COLORJITTER_S), float(i.COLORJITTER_H)),
+            rgs_p=float(i.RGS_P),
+            gb_p=float(i.GB_P),
+            gb_k=int(i.GB_K),
+        )
+
+
+def check_names(names: Sequence[str], key: str) -> None:
+    """ConfigError naming the first unknown transform and the closest known one."""
+    for name in names:
+        if name not in TRANSFORM_NAMES:
+            hint = closest(name, list(TRANSFORM_NAMES))
+            msg = f"unknown transform {name!r} in {key}"
+            msg += f" (did you mean {hint!r}?)" if hint else f" (known: {', '.join(TRANSFORM_NAMES)})"
+            raise ConfigError(msg)
+
+
+def compose(names: Sequence[str], s: TransformSettings) -> Callable:
+    """A ``torchvision`` Compose for the transform ``names`` (see the module docstring for order)."""
+    if s.interpolation not in INTERPOLATIONS:
+        hint = closest(s.interpolation, list(INTERPOLATIONS))
+        raise ConfigError(f"unknown INPUT.INTERPOLATION {s.interpolation!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
+    interp = INTERPOLATIONS[s.interpolation]
+    names = set(names)
+    tfms: list = []
+    if "random_resized_crop" in names:
+        tfms.append(T.RandomResizedCrop(s.size, scale=s.rrcrop_scale, interpolation=interp))
+    elif "random_crop" in names:
+        tfms += [T.Resize(s.size, interpolation=interp), T.RandomCrop(s.size, padding=s.crop_padding)]
+    elif "center_crop" in names:
+        tfms += [T.Resize(max(s.size), interpolation=interp), T.CenterCrop(s.size)]
+    else:
+        tfms.append(T.Resize(s.size, interpolation=interp))
+    if "random_flip" in names:
+        tfms.append(T.RandomHorizontalFlip())
+    if "colorjitter" in names:
+        b, c, sat, h = s.colorjitter
+        tfms.append(T.ColorJitter(brightness=b, contrast=c, saturation=sat, hue=h))
+    if "randomgrayscale" in names:
+        tfms.append(T.RandomGrayscale(p=s.rgs_p))
+    if "gaussian_blur" in names:
+        k = s.gb_k if s.gb_k % 2 == 1 else s.gb_k + 1
+        tfms.append(T.RandomApply([T.GaussianBlur(k)], p=s.gb_p))
+    tfms.append(T.ToTensor())
+    if "normalize" in names:
+        tfms.append(T.Normalize(mean=s.mean, std=s.std))
+    return T.Compose(tfms)
+
+
+def build_transform(cfg: Any, is_train: bool) -> Callable:
+    """The train or test transform of ``cfg.INPUT``: PIL image -> FloatTensor[3, H, W].
+
+    Train: INPUT.TRANSFORMS. Test: INPUT.TEST_TRANSFORMS, or when empty resize (shorter side to
+    max(SIZE)) + center crop, plus normalize if "normalize" is in INPUT.TRANSFORMS.
+    INPUT.NO_TRANSFORM: to-tensor only.
+
+    Raises:
+        ConfigError: an unknown transform name (with the closest known one) or interpolation.
+    """
+    train_names = list(cfg.INPUT.TRANSFORMS)
+    test_names = list(cfg.INPUT.TEST_TRANSFORMS)
+    check_names(train_names, "INPUT.TRANSFORMS")
+    check_names(test_names, "INPUT.TEST_TRANSFORMS")
+    if cfg.INPUT.NO_TRANSFORM:
+        logger.info("INPUT.NO_TRANSFORM: images are only converted to tensors")
+        return T.Compose([T.ToTensor()])
+    settings = TransformSettings.from_config(cfg)
+    if is_train:
+        return compose(train_names, settings)
+    if not test_names:
+        test_names = ["center_crop"] + (["normalize"] if "normalize" in train_names else [])
+    return compose(test_names, settings)

@@ -1,0 +1,225 @@
+"""Summarise finished runs as a Markdown table (mean ± std and 95% CI over seeds).
+
+Usage::
+
+    python tools/parse_results.py output/SyntheticEmotion/CoOp [--metric accuracy] [--csv out.csv]
+
+A run directory holds ``metrics.jsonl``: its result is the last record with ``"final": true``
+for ``--split`` (default ``test``); when the run has a final record but none for that split (e.g.
+``--split val``), the last record of the split is used. Directories without ``metrics.jsonl``
+(CoOp / Dassl runs) fall back to ``log.txt``: the ``* name: X%`` lines after its last
+``=> result`` line (``--split`` is then ignored). Runs are grouped by setting = the path with a
+trailing ``seed<k>`` component removed. Each metric cell is mean ± sample std (ddof=1, 0 for
+one seed) and the next column the half-width of the 95% confidence interval of the mean,
+t(0.975, n-1) * std / sqrt(n) (Student t, scipy when installed, else a built-in table).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import difflib
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+SEED_DIR = re.compile(r"^seed(-?\d+)$")
+RESULT_LINE = re.compile(r"\* ([A-Za-z0-9_@.\-]+): ([-+]?[\d.]+(?:[eE][-+]?\d+)?)%\s*$")
+
+# two-sided 95% Student t quantiles t(0.975, df), df = 1..30
+_T975 = [12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851, 2.364624252,
+         2.306004135, 2.262157163, 2.228138852, 2.200985160, 2.178812830, 2.160368656, 2.144786688,
+         2.131449546, 2.119905299, 2.109815578, 2.100922040, 2.093024054, 2.085963447, 2.079613845,
+         2.073873068, 2.068657610, 2.063898562, 2.059538553, 2.055529439, 2.051830516, 2.048407142,
+         2.045229642, 2.042272456]
+
+
+def t975_builtin(df: int) -> float:
+    """t(0.975, df) without scipy: exact table to df 30, Cornish-Fisher beyond (error < 2e-6)."""
+    if df < 1:
+        raise ValueError("df must be >= 1")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959963984540054
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2) + (
+        3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+
+
+def t975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (scipy when installed)."""
+    try:
+        from scipy.stats import t
+    except ImportError:
+        return t975_builtin(df)
+    return float(t.ppf(0.975, df))
+
+
+def summarize(values: Sequence[float]) -> Tuple[float, float, float]:
+    """``(mean, sample std, 95% CI half-width)``; std and CI are 0 for a single value."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0, 0.0
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, std, t975(n - 1) * std / math.sqrt(n)
+
+
+@dataclass
+class RunResult:
+    path: str
+    metrics: Dict[str, float]
+
+
+def read_metrics_jsonl(path: str, split: str) -> Optional[Dict[str, float]]:
+    """The result of a run from its ``metrics.jsonl`` (None when it has no final record)."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("metrics"), dict):
+                records.append(rec)
+    if not any(r.get("final") is True for r in records):
+        return None
+    chosen = [r for r in records if r.get("split") == split and r.get("final") is True]
+    chosen = chosen or [r for r in records if r.get("split") == split]
+    if not chosen:
+        return None
+    return {k: float(v) for k, v in chosen[-1]["metrics"].items() if isinstance(v, (int, float))}
+
+
+def read_log_txt(path: str) -> Optional[Dict[str, float]]:
+    """``* name: X%`` lines after the last ``=> result`` of a Dassl / CoOp ``log.txt``."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.rstrip().endswith("=> result")]
+    if not starts:
+        return None
+    metrics: Dict[str, float] = {}
+    for line in lines[starts[-1] + 1:]:
+        if "=>" in line:
+            break
+        m = RESULT_LINE.search(line)
+        if m:
+            metrics[m.group(1)] = float(m.group(2))
+    return metrics or None
+
+
+def find_runs(dirs: Sequence[str], split: str) -> List[RunResult]:
+    runs: List[RunResult] = []
+    for top in dirs:
+        for cur, subdirs, files in os.walk(top):
+            subdirs.sort()
+            metrics = None
+            if "metrics.jsonl" in files:
+                metrics = read_metrics_jsonl(os.path.join(cur, "metrics.jsonl"), split)
+            elif "log.txt" in files:
+                metrics = read_log_txt(os.path.join(cur, "log.txt"))
+            if metrics:
+                runs.append(RunResult(os.path.normpath(cur), metrics))
+    return runs
+
+
+def setting_of(path: str) -> str:
+    head, last = os.path.split(path)
+    return head if SEED_DIR.match(last) and head else path
+
+
+def natural_key(text: str) -> list:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text)]
+
+
+def group_runs(runs: Sequence[RunResult]) -> Dict[str, List[RunResult]]:
+    groups: Dict[str, List[RunResult]] = {}
+    for run in runs:
+        groups.setdefault(setting_of(run.path), []).append(run)
+    return {k: sorted(groups[k], key=lambda r: natural_key(r.path)) for k in sorted(groups, key=natural_key)}
+
+
+def common_metrics(group: Sequence[RunResult]) -> List[str]:
+    """Metrics present in every run of the group, in first-seen order."""
+    return [k for k in group[0].metrics if all(k in r.metrics for r in group)]
+
+
+def build_rows(groups: Dict[str, List[RunResult]], metrics: Optional[List[str]]) -> Tuple[List[str], List[dict]]:
+    """Metric columns and one row per setting: ``{"setting", "n", metric: (mean, std, ci) | None}``."""
+    if metrics is None:
+        cols: List[str] = []
+        for group in groups.values():
+            cols += [m for m in common_metrics(group) if m not in cols]
+    else:
+        cols = list(metrics)
+    rows = []
+    for setting, group in groups.items():
+        row: dict = {"setting": setting, "n": len(group)}
+        have = common_metrics(group)
+        for m in cols:
+            row[m] = summarize([r.metrics[m] for r in group]) if m in have else None
+        rows.append(row)
+    return cols, rows
+
+
+def markdown(cols: List[str], rows: List[dict]) -> str:
+    header = ["setting", "n"] + [h for m in cols for h in (m, f"{m} ci95")]
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["--:"] * (len(header) - 1)) + "|"]
+    for row in rows:
+        cells = [row["setting"], str(row["n"])]
+        for m in cols:
+            s = row[m]
+            cells += [f"{s[0]:.2f} ± {s[1]:.2f}", f"{s[2]:.2f}"] if s else ["-", "-"]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def write_csv(path: str, cols: List[str], rows: List[dict]) -> None:
+    header = ["setting", "n"] + [f"{m}_{s}" for m in cols for s in ("mean", "std", "ci95")]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for row in rows:
+            vals = [row["setting"], row["n"]]
+            for m in cols:
+                vals += list(row[m]) if row[m] else ["", "", ""]
+            w.writerow(vals)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description="Mean ± std and 95% CI over seeds of finished runs.")
+    p.add_argument("dirs", nargs="+", help="folders searched recursively for run directories")
+    p.add_argument("--metric", action="append", default=None,
+                   help="metric to report (repeatable; default: all metrics every run of a setting has)")
+    p.add_argument("--csv", default="", help="also write the table as CSV to this file")
+    p.add_argument("--split", default="test", help="split of the records to read (default: test)")
+    args = p.parse_args(argv)
+    for d in args.dirs:
+        if not os.path.isdir(d):
+            print(f"error: not a directory: {d}", file=sys.stderr)
+            return 2
+    runs = find_runs(args.dirs, args.split)
+    if not runs:
+        print(f"error: no finished runs (metrics.jsonl with a final record, or log.txt with "
+              f"'=> result') under {', '.join(args.dirs)}", file=sys.stderr)
+        return 2
+    known = list(dict.fromkeys(k for r in runs for k in r.metrics))
+    for m in args.metric or []:
+        if m not in known:
+            hint = difflib.get_close_matches(m, known, n=1)
+            extra = f"did you mean {hint[0]!r}?" if hint else f"available: {', '.join(known)}"
+            print(f"error: metric {m!r} is in no run ({extra})", file=sys.stderr)
+            return 2
+    cols, rows = build_rows(group_runs(runs), args.metric)
+    print(markdown(cols, rows))
+    if args.csv:
+        write_csv(args.csv, cols, rows)
+        print(f"wrote {args.csv}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
