@@ -67,7 +67,7 @@ class ClipTrainerBase(TrainerBase):
 
     @classmethod
     def finalize_config(cls, cfg) -> None:
-        """Called by ``train.py`` before the config is frozen."""
+        """Fill INPUT.SIZE from the CLIP architecture (called by ``train.py`` before freezing)."""
         if not cfg.MODEL.BACKBONE.NAME:
             cfg.MODEL.BACKBONE.NAME = "emolab-tiny-vit"
         size = backbone_image_size(cfg.MODEL.BACKBONE.NAME)

@@ -64,6 +64,7 @@ class TrainerBase:
         self._optims: Dict[str, Optional[torch.optim.Optimizer]] = OrderedDict()
         self._scheds: Dict[str, Any] = OrderedDict()
         self.is_best, self.last_val = False, None
+        self.stop_training = False  # a hook (e.g. early stopping) sets this to end training after the epoch
         self.writer = MetricsWriter(self.output_dir, enabled=self.is_main)
         if cfg.SEED >= 0:
             set_seed(cfg.SEED)
@@ -102,6 +103,16 @@ class TrainerBase:
             ProgressHook(cfg.TRAIN.PRINT_FREQ),
         ]
 
+    @classmethod
+    def finalize_config(cls, cfg) -> None:
+        """Fill config values that depend on the trainer, before the config is frozen (train.py)."""
+        if not cfg.INPUT.SIZE:
+            cfg.INPUT.SIZE = (224, 224)
+
+    def build_evaluator(self):
+        """The evaluator for ``self.task`` (override for e.g. regression metrics)."""
+        return build_evaluator(self.cfg, self.classnames, self.task)
+
     def required_targets(self) -> set:
         return set(self.TASK_TARGETS[self.task])
 
@@ -135,7 +146,7 @@ class TrainerBase:
             build_data_loader(dm.val, self.tfm_test, bs, is_train=False, **common) if self.has_val else None
         )
         self.test_loader = build_data_loader(dm.test, self.tfm_test, bs, is_train=False, **common)
-        self.evaluator = build_evaluator(cfg, self.classnames, self.task)
+        self.evaluator = self.build_evaluator()
         logger.info(
             f"dataset {dm.name}: {self.num_classes} classes, task {self.task}, "
             f"train {len(dm.train_x)}, val {len(dm.val)}, test {len(dm.test)}"
@@ -324,9 +335,13 @@ class TrainerBase:
                 self._call("after_step")
             self._check_finite()
             self._call("after_epoch")
+            if dist.any_rank(self.stop_training):
+                logger.info(f"training stopped after epoch {self.epoch + 1}")
+                break
         self._call("after_train")
         logger.info(f"training time: {time.time() - t0:.1f}s")
         if self.start_epoch >= self.max_epoch:
+            self.epoch = self.max_epoch - 1
             logger.info("the run had already finished all epochs")
         return self.final_test()
 
