@@ -100,7 +100,8 @@ def get_cfg_default() -> CN:
     _C.TRAIN.CHECKPOINT_FREQ = 0  # save a checkpoint every N epochs (0 = last only)
     _C.TRAIN.PRINT_FREQ = 10  # log every N iterations
     _C.TRAIN.COUNT_ITER = "train_x"  # kept for Dassl compatibility
-    _C.TRAIN.PRECISION = "amp"  # fp32 | fp16 | bf16 | amp (autocast on CUDA; CPU always runs fp32)
+    _C.TRAIN.PRECISION = "bf16"  # fp32 | fp16 | bf16 | amp (autocast on CUDA; CPU always runs fp32)
+    _C.TRAIN.COMPILE = False  # torch.compile the model
     _C.TRAIN.EVAL_FREQ = 1  # evaluate on val every N epochs (0 = never)
     _C.TRAIN.PROGRESS_BAR = True  # tqdm progress bar on a terminal
 

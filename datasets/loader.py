@@ -56,25 +56,47 @@ def target_keys(data: Sequence[Datum]) -> List[str]:
     return keys
 
 
-class DatasetWrapper(Dataset):
-    """Reads and transforms ``data_source[i]`` into a dict of tensors (one sample, no batch dim)."""
+def view_seed(seed: int, epoch: int, idx: int) -> int:
+    """The RNG seed of sample ``idx``'s augmentation in ``epoch`` (a pure function, any worker)."""
+    return (seed * 1_000_003 + epoch) * 10_000_019 + idx
 
-    def __init__(self, data_source: Sequence[Datum], transform: Optional[Callable], num_classes: int) -> None:
+
+def apply_transform(transform: Optional[Callable], img: Image.Image, seed: Optional[int] = None) -> torch.Tensor:
+    """``transform(img)``; with ``seed``, its random draws come from ``torch.manual_seed(seed)``
+    (the global RNG is restored afterwards), so an augmented view is reproducible."""
+    if transform is None:
+        return torch.from_numpy(np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+    if seed is None:
+        return transform(img)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(img)
+
+
+class DatasetWrapper(Dataset):
+    """Reads and transforms ``data_source[i]`` into a dict of tensors (one sample, no batch dim).
+
+    A key ``(i, epoch)`` (what :class:`EpochSampler` yields) seeds the augmentation with
+    :func:`view_seed`, so the view of a sample depends only on (seed, epoch, i) — not on the
+    worker that loads it, nor on whether the run was resumed.
+    """
+
+    def __init__(self, data_source: Sequence[Datum], transform: Optional[Callable], num_classes: int, seed: int = 0) -> None:
         self.data_source = list(data_source)
         self.transform = transform
         self.num_classes = num_classes
+        self.seed = seed
         self.keys = target_keys(self.data_source)
 
     def __len__(self) -> int:
         return len(self.data_source)
 
-    def __getitem__(self, idx: int) -> Dict[str, Any]:
+    def __getitem__(self, key: Any) -> Dict[str, Any]:
+        idx, epoch = key if isinstance(key, tuple) else (key, None)
         d = self.data_source[idx]
         img = read_image(d.impath)
         out: Dict[str, Any] = {
-            "img": self.transform(img) if self.transform is not None else torch.from_numpy(
-                np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
-            ),
+            "img": apply_transform(self.transform, img, None if epoch is None else view_seed(self.seed, epoch, idx)),
             "index": idx,
             "impath": d.impath,
         }
@@ -97,7 +119,8 @@ class EpochSampler(Sampler):
 
     The permutation is ``torch.randperm(n)`` with a generator seeded ``seed + epoch`` (or
     ``range(n)`` when ``shuffle`` is False); it is padded by repeating its start to a multiple of
-    ``world_size`` (like DistributedSampler) and rank r takes positions r::world_size.
+    ``world_size`` (like DistributedSampler) and rank r takes positions r::world_size. It yields
+    ``(index, epoch)`` keys so :class:`DatasetWrapper` can seed each sample's augmentation.
     """
 
     def __init__(self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
@@ -110,7 +133,8 @@ class EpochSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def __iter__(self) -> Iterator[int]:
+    def order(self) -> List[int]:
+        """This rank's indices for the current epoch."""
         if self.shuffle:
             g = torch.Generator()
             g.manual_seed(self.seed + self.epoch)
@@ -120,7 +144,10 @@ class EpochSampler(Sampler):
         total = self.num_samples * self.world_size
         while len(order) < total:
             order += order[: total - len(order)]
-        return iter(order[self.rank : total : self.world_size])
+        return order[self.rank : total : self.world_size]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter([(i, self.epoch) for i in self.order()])
 
     def __len__(self) -> int:
         return self.num_samples
@@ -198,7 +225,7 @@ def build_data_loader(
     generator = torch.Generator()
     generator.manual_seed(seed * 1000 + rank)
     return DataLoader(
-        DatasetWrapper(data_source, transform, num_classes),
+        DatasetWrapper(data_source, transform, num_classes, seed=seed),
         batch_size=batch_size,
         sampler=smp,
         num_workers=num_workers,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from typing import List
 
 import pytest
@@ -18,6 +19,7 @@ SMALL_DATA = [
     "DATASET.SYNTHETIC.N_TRAIN_PER_CLASS", "4",
     "DATASET.SYNTHETIC.N_VAL_PER_CLASS", "2",
     "DATASET.SYNTHETIC.N_TEST_PER_CLASS", "3",
+    "CACHE.DIR", tempfile.mkdtemp(prefix="emolab_cache_"),
 ]
 COOP_CFG = os.path.join(ROOT, "configs/trainers/CoOp/tiny_synthetic.yaml")
 COCOOP_CFG = os.path.join(ROOT, "configs/trainers/CoCoOp/tiny_synthetic.yaml")

@@ -18,7 +18,7 @@ def add_cocoop_config(cfg) -> None:
     cfg.TRAINER.COCOOP = CN()
     cfg.TRAINER.COCOOP.N_CTX = 16  # number of context tokens (ignored when CTX_INIT is given)
     cfg.TRAINER.COCOOP.CTX_INIT = ""  # words to initialise the context
-    cfg.TRAINER.COCOOP.PREC = "fp16"  # fp16 | bf16 | fp32 | amp (autocast on CUDA; CPU runs fp32)
+    cfg.TRAINER.COCOOP.PREC = "bf16"  # bf16 | fp16 | fp32 | amp (autocast on CUDA; CPU runs fp32)
     cfg.TRAINER.COCOOP.CONTEXT = "ConditionalContext"  # context generator
     cfg.TRAINER.COCOOP.META_HIDDEN_RATIO = 16  # meta-net hidden width = vis_dim // ratio
     cfg.TRAINER.COCOOP.META_DROPOUT = 0.0  # dropout inside the meta-net

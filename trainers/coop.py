@@ -20,7 +20,7 @@ def add_coop_config(cfg) -> None:
     cfg.TRAINER.COOP.N_CTX = 16  # number of context tokens (ignored when CTX_INIT is given)
     cfg.TRAINER.COOP.CSC = False  # class-specific context
     cfg.TRAINER.COOP.CTX_INIT = ""  # words to initialise the context, e.g. "a photo of a"
-    cfg.TRAINER.COOP.PREC = "fp16"  # fp16 | bf16 | fp32 | amp (autocast on CUDA; CPU runs fp32)
+    cfg.TRAINER.COOP.PREC = "bf16"  # bf16 | fp16 | fp32 | amp (autocast on CUDA; CPU runs fp32)
     cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # end | middle | front
     cfg.TRAINER.COOP.CONTEXT = "StaticContext"  # context generator (trainers/components/context.py)
 
@@ -54,5 +54,4 @@ class CoOp(ClipTrainerBase):
         self.register_model("prompt_learner", self.model.prompt_learner)
 
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        logits = self.model(batch["img"])
-        return {"loss": self.classification_loss(logits, batch)}
+        return {"loss": self.classification_loss(self.forward_batch(batch), batch)}

@@ -17,7 +17,7 @@ def add_linear_probe_config(cfg) -> None:
     from yacs.config import CfgNode as CN
 
     cfg.TRAINER.LINEAR_PROBE = CN()
-    cfg.TRAINER.LINEAR_PROBE.PREC = "fp16"  # precision on CUDA (CPU runs fp32)
+    cfg.TRAINER.LINEAR_PROBE.PREC = "bf16"  # precision on CUDA (CPU runs fp32)
 
 
 class ProbeModel(nn.Module):
@@ -33,10 +33,13 @@ class ProbeModel(nn.Module):
         self.clip.eval()
         return self
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            feats = F.normalize(self.clip.encode_image(images), dim=-1)
-        return self.head(feats.float())
+    @torch.no_grad()
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.clip.encode_image(images), dim=-1)
+
+    def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor:
+        """Logits [B, C] from images, or from normalised image features [B, E]."""
+        return self.head((x if features else self.image_features(x)).float())
 
 
 @TRAINER_REGISTRY.register()
@@ -51,4 +54,4 @@ class LinearProbeCLIP(ClipTrainerBase):
         self.register_model("head", self.model.head)
 
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        return {"loss": self.classification_loss(self.model(batch["img"]), batch)}
+        return {"loss": self.classification_loss(self.forward_batch(batch), batch)}

@@ -21,7 +21,7 @@ def add_zsclip_config(cfg) -> None:
 
     cfg.TRAINER.ZSCLIP = CN()
     cfg.TRAINER.ZSCLIP.TEMPLATES = ("a photo of {}.",)  # templates; text features are averaged over them
-    cfg.TRAINER.ZSCLIP.PREC = "fp16"  # precision on CUDA
+    cfg.TRAINER.ZSCLIP.PREC = "bf16"  # precision on CUDA
 
 
 class ZeroshotModel(nn.Module):
@@ -37,8 +37,12 @@ class ZeroshotModel(nn.Module):
         self.clip.eval()
         return self
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        img = F.normalize(self.clip.encode_image(images), dim=-1)
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.clip.encode_image(images), dim=-1)
+
+    def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor:
+        """Logits [B, C] from images, or from normalised image features [B, E]."""
+        img = x if features else self.image_features(x)
         return self.clip.logit_scale.exp() * img @ self.text_features.to(img.dtype).t()
 
 

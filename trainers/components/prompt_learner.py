@@ -126,5 +126,6 @@ class PromptedCLIP(nn.Module):
             return scale * img @ txt[0].t()
         return scale * torch.einsum("be,bce->bc", img, txt.to(img.dtype))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.logits_from_features(self.image_features(images))
+    def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor:
+        """Logits [B, C] from images [B, 3, H, W], or from normalised image features [B, E] (cache)."""
+        return self.logits_from_features(x if features else self.image_features(x))

@@ -72,6 +72,9 @@ class TrainerBase:
         self.build_model()
         self._check_registered()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.after_build()
+        if cfg.TRAIN.COMPILE:
+            self.model = torch.compile(self.model)
         self._wrap_ddp()
         self.hooks: List[HookBase] = []
         for h in self.build_hooks():
@@ -92,6 +95,9 @@ class TrainerBase:
     def inference(self, batch: Dict[str, Any]) -> torch.Tensor:
         """Logits [B, C] for a batch."""
         return self.model(batch["img"])
+
+    def after_build(self) -> None:
+        """Called once data and model exist (e.g. to replace image loaders by cached features)."""
 
     def build_hooks(self) -> List[HookBase]:
         """The default hooks; trainers append their own (mind the order)."""
@@ -316,6 +322,7 @@ class TrainerBase:
             self.set_model_mode("train")
             self.meters = MeterDict()
             self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+            step_dev = torch.full((), -1, dtype=torch.long, device=self.device)  # step counter kept on the device
             self._call("before_epoch")
             it = self.train_loader
             if show_bar:
@@ -325,10 +332,9 @@ class TrainerBase:
             for self.batch_idx, batch in enumerate(it):
                 batch = to_device(batch, self.device)
                 out = self.train_step(batch)
+                step_dev += 1
                 bad_now = ~torch.isfinite(out["loss"].float())
-                self._first_bad = torch.where(
-                    (self._first_bad < 0) & bad_now, torch.tensor(self.batch_idx, device=self.device), self._first_bad
-                )
+                self._first_bad = torch.where((self._first_bad < 0) & bad_now, step_dev, self._first_bad)
                 self.meters.update(out)
                 if (self.batch_idx + 1) % max(1, self.cfg.TRAIN.PRINT_FREQ) == 0:
                     self._check_finite()

@@ -1,0 +1,153 @@
+"""Frozen-feature cache: image features computed once, epochs run on them.
+
+For trainers whose image encoder is frozen (CoOp, CoCoOp, zero-shot, linear probe) the
+encoder's output for a given augmented view never changes, so it is computed once. View ``k``
+of sample ``i`` is the augmentation an image loader produces in epoch ``k`` (same seed: see
+``datasets.loader.view_seed``), and epoch ``e`` trains on view ``e mod K``. Hence:
+
+* deterministic train transforms (no random op): K = 1 is exact;
+* random transforms: exact when K >= MAX_EPOCH; with fewer views the epochs cycle through them;
+* evaluation transforms are deterministic, so cached val/test features are always exact.
+
+A cache file is keyed by the encoder's weights (a fingerprint of its parameters), the transform
+(its repr: sizes, interpolation, mean/std), K, the seed and the data (paths, sizes, mtimes).
+A file whose key differs is rebuilt, never reused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from datasets.base import Datum
+from datasets.loader import DatasetWrapper, target_keys
+
+logger = logging.getLogger(__name__)
+RANDOM_OPS = ("Random", "ColorJitter", "GaussianBlur", "RandAugment", "AutoAugment", "TrivialAugment", "AugMix")
+
+
+def transform_is_random(transform: Any) -> bool:
+    """True if ``transform`` (a torchvision Compose or single transform) draws random numbers."""
+    parts = getattr(transform, "transforms", [transform])
+    return any(type(t).__name__.startswith(RANDOM_OPS) for t in parts)
+
+
+def fingerprint_module(module: torch.nn.Module, per_tensor: int = 4096) -> str:
+    """A hash of every parameter/buffer's name, shape and (strided sample of) values."""
+    h = hashlib.sha1()
+    for name, t in sorted(module.state_dict().items()):
+        flat = t.detach().reshape(-1)
+        step = max(1, flat.numel() // per_tensor)
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(flat[::step].float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def fingerprint_data(data: Sequence[Datum]) -> str:
+    """A hash of the image paths with their sizes and modification times (and labels)."""
+    h = hashlib.sha1()
+    for d in data:
+        st = os.stat(d.impath)
+        h.update(f"{d.impath}|{st.st_size}|{st.st_mtime_ns}|{d.label}|{d.labels}\n".encode())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def compute_features(
+    encode: Callable[[torch.Tensor], torch.Tensor], data: Sequence[Datum], transform: Any, views: int,
+    seed: int, batch_size: int, device: torch.device, num_workers: int = 0, autocast: Any = None,
+    num_classes: int = 1,
+) -> torch.Tensor:
+    """Features [N, K, E] (float32, CPU) of ``views`` augmented views of every sample."""
+    import contextlib
+
+    ds = DatasetWrapper(data, transform, num_classes=num_classes, seed=seed)
+    out: List[torch.Tensor] = []
+    for k in range(views):
+        keys = [(i, k) for i in range(len(data))]
+        loader = DataLoader(ds, batch_size=batch_size, sampler=keys, num_workers=num_workers)
+        feats = []
+        for batch in loader:
+            with autocast if autocast is not None else contextlib.nullcontext():
+                feats.append(encode(batch["img"].to(device, non_blocking=True)).float())
+        out.append(torch.cat(feats).cpu())
+    return torch.stack(out, dim=1)
+
+
+def load_or_build(path: str, key: Dict[str, Any], build: Callable[[], torch.Tensor], write: bool = True) -> torch.Tensor:
+    """The cached tensor at ``path`` if its stored key equals ``key``; else ``build()`` and save it."""
+    key_text = json.dumps(key, sort_keys=True)
+    if os.path.isfile(path):
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            if blob.get("key") == key_text:
+                logger.info(f"feature cache hit: {path}")
+                return blob["features"]
+            logger.info(f"feature cache {path} is stale (encoder, transform, views or data changed): rebuilding")
+        except Exception as e:  # noqa: BLE001 - an unreadable cache is rebuilt
+            logger.warning(f"feature cache {path} unreadable ({str(e).splitlines()[0]}): rebuilding")
+    feats = build()
+    if write:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save({"key": key_text, "features": feats}, tmp)
+        os.replace(tmp, path)
+        logger.info(f"feature cache written: {path} {tuple(feats.shape)}")
+    return feats
+
+
+def stack_targets(data: Sequence[Datum], num_classes: int) -> Dict[str, torch.Tensor]:
+    """The targets the image loader would emit for ``data``, as [N, ...] tensors."""
+    keys = target_keys(data)
+    out: Dict[str, torch.Tensor] = {}
+    if "label" in keys:
+        out["label"] = torch.tensor([d.label for d in data], dtype=torch.long)
+    if "labels" in keys:
+        m = torch.zeros(len(data), num_classes)
+        for i, d in enumerate(data):
+            if d.labels:
+                m[i, list(d.labels)] = 1.0
+        out["labels"] = m
+    if "dist" in keys:
+        out["dist"] = torch.tensor([list(d.dist) for d in data], dtype=torch.float32)
+    if "va" in keys:
+        out["va"] = torch.tensor([list(d.va) for d in data], dtype=torch.float32)
+    return out
+
+
+class FeatureLoader:
+    """Batches ``{"feat": [B, E], "index": [B], targets...}`` from cached features.
+
+    Follows the order of ``sampler`` (the image loader's sampler: same shuffling and sharding),
+    so a cached epoch sees the samples in the same order as an uncached one. Everything stays on
+    ``device``: a batch is one gather, with no worker processes and no host-device copies.
+    """
+
+    def __init__(
+        self, feats: torch.Tensor, targets: Dict[str, torch.Tensor], batch_size: int, sampler: Any,
+        drop_last: bool, device: torch.device,
+    ) -> None:
+        self.feats = feats.to(device)
+        self.targets = {k: v.to(device) for k, v in targets.items()}
+        self.batch_size, self.sampler, self.drop_last = batch_size, sampler, drop_last
+        self.views = feats.shape[1]
+        self.device = device
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        keys = list(iter(self.sampler))
+        epoch = keys[0][1] if keys and isinstance(keys[0], tuple) else 0
+        index = torch.tensor([k[0] if isinstance(k, tuple) else k for k in keys], dtype=torch.long, device=self.device)
+        view = epoch % self.views
+        for b in range(len(self)):
+            idx = index[b * self.batch_size : (b + 1) * self.batch_size]
+            yield {"feat": self.feats[idx, view], "index": idx, **{k: v[idx] for k, v in self.targets.items()}}
