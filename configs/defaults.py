@@ -53,6 +53,10 @@ def get_cfg_default() -> CN:
     _C.DATALOADER.K_TRANSFORMS = 1  # kept for Dassl compatibility
     _C.DATALOADER.RETURN_IMG0 = False  # kept for Dassl compatibility
     _C.DATALOADER.PIN_MEMORY = True  # pin host memory when training on a GPU
+    _C.DATALOADER.PREFETCH_FACTOR = 4  # batches prefetched per worker
+    _C.DATALOADER.DECODED_CACHE = "auto"  # decode images once, augment on the device: auto (GPU) | memory | gpu | disk | off
+    _C.DATALOADER.DECODED_CACHE_DIR = "cache/decoded"  # where DECODED_CACHE disk keeps its files
+    _C.DATALOADER.DECODED_CACHE_MAX_GB = 8.0  # auto: use the GPU cache only below this size
     _C.DATALOADER.TRAIN_X = CN()
     _C.DATALOADER.TRAIN_X.SAMPLER = "RandomSampler"  # RandomSampler | SequentialSampler
     _C.DATALOADER.TRAIN_X.BATCH_SIZE = 32  # training batch size (per process)

@@ -73,6 +73,25 @@ def apply_transform(transform: Optional[Callable], img: Image.Image, seed: Optio
         return transform(img)
 
 
+def stack_targets(data: Sequence[Datum], num_classes: int) -> Dict[str, torch.Tensor]:
+    """The targets the image loader would emit for ``data``, as [N, ...] tensors."""
+    keys = target_keys(data)
+    out: Dict[str, torch.Tensor] = {}
+    if "label" in keys:
+        out["label"] = torch.tensor([d.label for d in data], dtype=torch.long)
+    if "labels" in keys:
+        m = torch.zeros(len(data), num_classes)
+        for i, d in enumerate(data):
+            if d.labels:
+                m[i, list(d.labels)] = 1.0
+        out["labels"] = m
+    if "dist" in keys:
+        out["dist"] = torch.tensor([list(d.dist) for d in data], dtype=torch.float32)
+    if "va" in keys:
+        out["va"] = torch.tensor([list(d.va) for d in data], dtype=torch.float32)
+    return out
+
+
 class DatasetWrapper(Dataset):
     """Reads and transforms ``data_source[i]`` into a dict of tensors (one sample, no batch dim).
 
@@ -193,6 +212,7 @@ def build_data_loader(
     drop_last: Optional[bool] = None,
     pin_memory: bool = False,
     sampler: str = "",
+    prefetch_factor: int = 2,
 ) -> DataLoader:
     """A DataLoader over ``data_source`` yielding dict batches (module docstring).
 
@@ -234,4 +254,5 @@ def build_data_loader(
         worker_init_fn=_worker_init if num_workers > 0 else None,
         generator=generator,
         persistent_workers=num_workers > 0,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
     )

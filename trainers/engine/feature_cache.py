@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datasets.base import Datum
-from datasets.loader import DatasetWrapper, target_keys
+from datasets.loader import DatasetWrapper, stack_targets  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 RANDOM_OPS = ("Random", "ColorJitter", "GaussianBlur", "RandAugment", "AutoAugment", "TrivialAugment", "AugMix")
@@ -100,25 +100,6 @@ def load_or_build(path: str, key: Dict[str, Any], build: Callable[[], torch.Tens
         os.replace(tmp, path)
         logger.info(f"feature cache written: {path} {tuple(feats.shape)}")
     return feats
-
-
-def stack_targets(data: Sequence[Datum], num_classes: int) -> Dict[str, torch.Tensor]:
-    """The targets the image loader would emit for ``data``, as [N, ...] tensors."""
-    keys = target_keys(data)
-    out: Dict[str, torch.Tensor] = {}
-    if "label" in keys:
-        out["label"] = torch.tensor([d.label for d in data], dtype=torch.long)
-    if "labels" in keys:
-        m = torch.zeros(len(data), num_classes)
-        for i, d in enumerate(data):
-            if d.labels:
-                m[i, list(d.labels)] = 1.0
-        out["labels"] = m
-    if "dist" in keys:
-        out["dist"] = torch.tensor([list(d.dist) for d in data], dtype=torch.float32)
-    if "va" in keys:
-        out["va"] = torch.tensor([list(d.va) for d in data], dtype=torch.float32)
-    return out
 
 
 class FeatureLoader:

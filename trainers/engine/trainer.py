@@ -141,6 +141,7 @@ class TrainerBase:
             rank=self.rank,
             world_size=self.world_size,
             pin_memory=cfg.DATALOADER.PIN_MEMORY and self.device.type == "cuda",
+            prefetch_factor=cfg.DATALOADER.PREFETCH_FACTOR,
         )
         self.train_loader = build_data_loader(
             dm.train_x, self.tfm_train, cfg.DATALOADER.TRAIN_X.BATCH_SIZE, is_train=True,
@@ -152,11 +153,44 @@ class TrainerBase:
             build_data_loader(dm.val, self.tfm_test, bs, is_train=False, **common) if self.has_val else None
         )
         self.test_loader = build_data_loader(dm.test, self.tfm_test, bs, is_train=False, **common)
+        self._use_decoded_cache()
         self.evaluator = self.build_evaluator()
         logger.info(
             f"dataset {dm.name}: {self.num_classes} classes, task {self.task}, "
             f"train {len(dm.train_x)}, val {len(dm.val)}, test {len(dm.test)}"
         )
+
+    def _use_decoded_cache(self) -> None:
+        """Swap the PIL loaders for :class:`DecodedImageLoader` per ``DATALOADER.DECODED_CACHE``."""
+        from datasets.decoded_cache import DecodedImageLoader, decode_all, device_ops
+
+        cfg = self.cfg
+        mode = cfg.DATALOADER.DECODED_CACHE.lower()
+        if mode not in ("auto", "memory", "gpu", "disk", "off"):
+            raise ConfigError(f"DATALOADER.DECODED_CACHE must be auto, memory, gpu, disk or off, got {mode!r}")
+        h, w = cfg.INPUT.SIZE
+        n_img = len(self.dataset.train_x) + len(self.dataset.val) + len(self.dataset.test)
+        if mode == "auto":
+            fits = n_img * 3 * h * w / 2**30 < cfg.DATALOADER.DECODED_CACHE_MAX_GB
+            mode = "gpu" if self.device.type == "cuda" and fits else "off"
+        ops = device_ops(cfg.INPUT.TRANSFORMS)
+        if mode == "off" or ops is None or cfg.INPUT.TEST_TRANSFORMS:
+            if mode != "off":
+                logger.info(f"decoded-image cache off: transforms {list(cfg.INPUT.TRANSFORMS)} need the PIL pipeline")
+            return
+        cache_dir = cfg.DATALOADER.DECODED_CACHE_DIR if mode == "disk" else ""
+        test_ops = ["normalize"] if "normalize" in ops else []
+        for attr, data, split_ops in (("train_loader", self.dataset.train_x, ops), ("val_loader", self.dataset.val, test_ops),
+                                      ("test_loader", self.dataset.test, test_ops)):
+            loader = getattr(self, attr)
+            if loader is None:
+                continue
+            images = decode_all(data, (h, w), cfg.INPUT.INTERPOLATION, cache_dir)
+            setattr(self, attr, DecodedImageLoader(
+                images, data, self.num_classes, split_ops, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
+                tuple(cfg.INPUT.RRCROP_SCALE), loader.batch_size, loader.sampler, loader.drop_last, self.device,
+                seed=max(cfg.SEED, 0), on_device=mode == "gpu"))
+        logger.info(f"decoded-image cache ({mode}): {n_img} images decoded once, augmented on {self.device}")
 
     # ------------------------------------------------------------------ models
     def register_model(self, name: str, module: nn.Module, optim: Any = "default", sched: Any = "default") -> None:
