@@ -42,6 +42,22 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def count_syncs(step: Callable[[Dict[str, Any]], Any], batch: Dict[str, Any], device: torch.device) -> int:
+    """Host-device synchronisations inside one ``step`` (CUDA sync debug mode; -1 on CPU)."""
+    if device.type != "cuda":
+        return -1
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step(batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def time_loop(step: Callable[[Dict[str, Any]], Any], loader, device, steps: int, warmup: int) -> Dict[str, float]:
     """Run ``step`` on ``warmup + steps`` batches (cycling the loader); time the last ``steps``."""
     from trainers.engine.utils import to_device
@@ -66,7 +82,8 @@ def time_loop(step: Callable[[Dict[str, Any]], Any], loader, device, steps: int,
         if i >= warmup:
             bs = len(batch["index"])
             n_img, t_data, t_total = n_img + bs, t_data + (t1 - t0), t_total + (t2 - t0)
-    return {"images_per_s": n_img / t_total, "ms_per_step": 1000 * t_total / steps, "data_wait_share": t_data / t_total}
+    return {"images_per_s": n_img / t_total, "ms_per_step": 1000 * t_total / steps, "data_wait_share": t_data / t_total,
+            "syncs_per_step": count_syncs(step, batch, device)}
 
 
 def reference_step(trainer, kind: str) -> Callable[[Dict[str, Any]], Any]:
@@ -135,8 +152,9 @@ def measure(args, extra_opts: List[str], label: str) -> List[Dict[str, Any]]:
         r = time_loop(trainer.train_step, trainer.train_loader, dev, args.steps, args.warmup)
         rows.append({"what": f"{label} train", **r, "peak_mem_mb": peak_memory_mb(dev)})
         for kind in args.reference:
-            if kind == "cocoop-loop" and not hasattr(trainer.model_without_ddp, "prompt_learner"):
-                continue
+            pl = getattr(trainer.model_without_ddp, "prompt_learner", None)
+            if pl is None or (kind == "coop-77" and type(pl.context).__name__ != "StaticContext"):
+                continue  # the reference applies to prompt learners (coop-77: image-independent context)
             loader = getattr(trainer, "train_loader_images", trainer.train_loader)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
@@ -201,11 +219,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base = rows[0]["images_per_s"]
     print(f"\n{args.trainer} | {args.config_file} | batch {args.batch_size} | " + ", ".join(f"{k} {v}" for k, v in environment(device).items()))
-    print("\n| what | images/s | ms/step | data wait | peak memory (MB) | speed vs first row |")
-    print("|---|--:|--:|--:|--:|--:|")
+    print("\n| what | images/s | ms/step | data wait | peak memory (MB) | host syncs/step | speed vs first row |")
+    print("|---|--:|--:|--:|--:|--:|--:|")
     for r in rows:
+        syncs = "n/a (CPU)" if r["syncs_per_step"] < 0 else str(r["syncs_per_step"])
         print(f"| {r['what']} | {r['images_per_s']:.1f} | {r['ms_per_step']:.2f} | {100 * r['data_wait_share']:.0f}% "
-              f"| {r['peak_mem_mb']:.0f} | {r['images_per_s'] / base:.2f}x |")
+              f"| {r['peak_mem_mb']:.0f} | {syncs} | {r['images_per_s'] / base:.2f}x |")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as f:
