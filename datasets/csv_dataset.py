@@ -20,6 +20,7 @@ from configs.registry import register_config
 
 from .annotations import CSVSpec, infer_classnames, parse_table, read_table
 from .base import DATASET_REGISTRY, DatasetBase
+from .image_check import screen_from_config
 from .splits import split_train_val
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,8 @@ class CSVDataset(DatasetBase):
     def from_config(cls, cfg: Any) -> "CSVDataset":
         c = cfg.DATASET.CSV
         spec = CSVSpec(path_column=c.PATH_COLUMN, label_column=c.LABEL_COLUMN, separator=c.SEPARATOR, split_column=c.SPLIT_COLUMN)
-        return cls.load(
+        ds = cls.load(
             os.path.join(check_root(cfg.DATASET.ROOT), c.DIR), c.FILE, test_file=c.TEST_FILE, image_dir=c.IMAGE_DIR, classnames=list(c.CLASSNAMES) or None,
             spec=spec, val_percent=float(cfg.DATASET.VAL_PERCENT), name=cfg.DATASET.NAME or "CSVDataset",
         )
+        return screen_from_config(ds, cfg)

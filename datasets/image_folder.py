@@ -1,8 +1,16 @@
-"""Class-per-folder datasets: ``<ROOT>/<DIR>/{train,val,test}/<class>/*.{jpg,jpeg,png,bmp,webp}``.
+"""Class-per-folder datasets (FI, Flickr, Instagram and the UniEmoX layouts).
 
-Class index = sorted folder names of ``train/``. Without ``val/`` a stratified, seeded share
-(DATASET.VAL_PERCENT) of train becomes val; that split is saved to ``split_imagefolder.json``
-(CoOp format, relative paths) in the dataset folder and reused while the files are unchanged.
+Three layouts of ``<ROOT>/<DIR>`` are read (image files: jpg, jpeg, png, bmp, webp, gif, tif):
+    {train,val,test}/<class>/*   splits as distributed
+    {train,test}/<class>/*       val carved from train: DATASET.VAL_PERCENT, stratified, seeded
+    <class>/*                    one unsplit set: DATASET.SPLIT_RATIOS (train, val, test), stratified
+Class index = sorted folder names (of ``train/`` in the split layouts). Splits the framework
+makes use DATASET.SPLIT_SEED and are saved to ``split_imagefolder.json`` (CoOp format,
+relative paths) in the dataset folder and reused while the files and settings are unchanged.
+Entries that are not images are never used silently: their count is logged.
+
+Registered as ``ImageFolderDataset`` and, for the dataset configs in configs/datasets/, as
+``FI``, ``Flickr``, ``Instagram``, ``UBE``, ``Emo8``, ``CAERS``, ``HECO`` and ``Emotion6Folders``.
 """
 from __future__ import annotations
 
@@ -17,36 +25,53 @@ from configs.registry import register_config
 
 from .base import DATASET_REGISTRY, DatasetBase, Datum
 from .csv_dataset import check_root
+from .image_check import screen_from_config
+from .native import DEFAULT_SPLIT_RATIOS, NativeOptions, list_images, report_ignored, saved_split, split_three
 from .splits import read_split, read_split_json, relative_path, split_train_val, write_split
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPLIT_FILE = "split_imagefolder.json"
+ALIASES = ("FI", "Flickr", "Instagram", "UBE", "Emo8", "CAERS", "HECO", "Emotion6Folders")
 
 
 @register_config
 def add_image_folder_config(cfg: CN) -> None:
     """DATASET.IMAGE_FOLDER.* keys of :class:`ImageFolderDataset`."""
     cfg.DATASET.IMAGE_FOLDER = CN()
-    cfg.DATASET.IMAGE_FOLDER.DIR = ""  # subfolder of DATASET.ROOT holding train/ [val/] test/ ("" = ROOT itself)
+    cfg.DATASET.IMAGE_FOLDER.DIR = ""  # subfolder of DATASET.ROOT holding train/ [val/] test/ or the class folders ("" = ROOT)
+
+
+def _own(name: str) -> bool:
+    """Hidden entries and the framework's own outputs (split_imagefolder.json, split_fewshot/)."""
+    return name.startswith(".") or name == SPLIT_FILE or name == "split_fewshot"
 
 
 def _subdirs(path: str) -> List[str]:
-    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not _own(e.name))
 
 
-def list_split(split_dir: str, classnames: List[str], split: str) -> List[Datum]:
-    """Datums of ``split_dir/<class>/*`` (sorted); DatasetError for a class folder not in train."""
+def scan_classes(split_dir: str, classnames: List[str], split: str, name: str = "ImageFolderDataset") -> List[Datum]:
+    """Datums of ``split_dir/<class>/*`` (sorted); DatasetError for a class folder not in ``classnames``.
+
+    Files directly in ``split_dir`` and non-image entries of the class folders are logged, not used.
+    """
     index = {c: i for i, c in enumerate(classnames)}
     out: List[Datum] = []
-    for cname in _subdirs(split_dir):
+    ignored: List[str] = []
+    for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
+        if _own(entry.name):
+            continue
+        if not entry.is_dir():
+            ignored.append(entry.path)
+            continue
+        cname = entry.name
         if cname not in index:
             raise DatasetError(f"class folder {os.path.join(split_dir, cname)} ({split}) is not a class of train/")
-        folder = os.path.join(split_dir, cname)
-        for fname in sorted(os.listdir(folder)):
-            if fname.lower().endswith(IMAGE_EXTENSIONS) and not fname.startswith("."):
-                out.append(Datum(impath=os.path.join(folder, fname), label=index[cname], classname=cname))
+        images, other = list_images(entry.path)
+        ignored += other
+        out += [Datum(impath=os.path.join(entry.path, f), label=index[cname], classname=cname) for f in images]
+    report_ignored(name, f"entr(ies) in {split_dir} that are not images in a class folder", ignored)
     return out
 
 
@@ -54,38 +79,67 @@ def _key(data: List[Datum], root: str) -> List[Tuple[str, int]]:
     return sorted((relative_path(d.impath, root), d.label) for d in data)
 
 
-@DATASET_REGISTRY.register()
+def _check_nonempty(data: List[Datum], classnames: List[str], folder: str, name: str) -> None:
+    counts: Dict[int, int] = {}
+    for d in data:
+        counts[d.label] = counts.get(d.label, 0) + 1
+    empty = [c for i, c in enumerate(classnames) if not counts.get(i)]
+    if empty:
+        raise DatasetError(f"{name}: class folder(s) without images in {folder}: {', '.join(empty[:5])}")
+
+
 class ImageFolderDataset(DatasetBase):
-    """Single-label images in class folders (UniEmoX / FI / Emotion6 layout)."""
+    """Single-label images in class folders (module docstring for the layouts)."""
 
     @classmethod
     def load(
-        cls, dataset_dir: str, *, val_percent: float = 0.1, split_seed: int = 0, name: str = "ImageFolderDataset"
+        cls,
+        dataset_dir: str,
+        *,
+        val_percent: float = 0.1,
+        split_seed: int = 0,
+        split_ratios: Tuple[float, float, float] = DEFAULT_SPLIT_RATIOS,
+        name: str = "ImageFolderDataset",
     ) -> "ImageFolderDataset":
-        """Scan ``dataset_dir`` (train/ and test/ required, val/ optional)."""
+        """Scan ``dataset_dir`` in whichever of the three layouts it has."""
         root = check_root(dataset_dir, "DATASET.ROOT / DATASET.IMAGE_FOLDER.DIR")
         train_dir, val_dir, test_dir = (os.path.join(root, s) for s in ("train", "val", "test"))
-        for d in (train_dir, test_dir):
-            if not os.path.isdir(d):
-                raise DatasetError(f"{name}: folder {d} not found (expected {root}/{{train,val,test}}/<class>/)")
+        if not os.path.isdir(train_dir):
+            if os.path.isdir(test_dir) or os.path.isdir(val_dir):
+                raise DatasetError(f"{name}: folder {train_dir} not found (expected {root}/{{train,val,test}}/<class>/)")
+            return cls._load_single(root, split_ratios, split_seed, name)
+        if not os.path.isdir(test_dir):
+            raise DatasetError(
+                f"{name}: {root} has train/ but no test/ folder (expected {{train,val,test}}/<class>/, {{train,test}}/<class>/ "
+                "or only <class>/ folders)"
+            )
         classnames = _subdirs(train_dir)
         if not classnames:
             raise DatasetError(f"{name}: no class folders in {train_dir}")
-        train = list_split(train_dir, classnames, "train")
-        counts: Dict[int, int] = {}
-        for d in train:
-            counts[d.label] = counts.get(d.label, 0) + 1
-        empty = [c for i, c in enumerate(classnames) if not counts.get(i)]
-        if empty:
-            raise DatasetError(f"{name}: class folder(s) without images in {train_dir}: {', '.join(empty[:5])}")
-        test = list_split(test_dir, classnames, "test")
+        train = scan_classes(train_dir, classnames, "train", name)
+        _check_nonempty(train, classnames, train_dir, name)
+        test = scan_classes(test_dir, classnames, "test", name)
         if not test:
             raise DatasetError(f"{name}: no images in {test_dir}")
         if os.path.isdir(val_dir):
-            val = list_split(val_dir, classnames, "val")
+            val = scan_classes(val_dir, classnames, "val", name)
         else:
             train, val = cls._carve_val(root, train, test, val_percent, split_seed)
         return cls(train, val, test, classnames, {"label"}, task="single_label", name=name, root=root)
+
+    @classmethod
+    def _load_single(cls, root: str, ratios: Tuple[float, float, float], seed: int, name: str) -> "ImageFolderDataset":
+        """``root/<class>/*``: one set split by ``ratios`` (saved to split_imagefolder.json)."""
+        classnames = _subdirs(root)
+        if not classnames:
+            raise DatasetError(f"{name}: no class folders in {root} (expected {{train,val,test}}/<class>/ or <class>/ folders)")
+        data = scan_classes(root, classnames, "all", name)
+        _check_nonempty(data, classnames, root, name)
+        meta = {"layout": "class_folders", "ratios": list(ratios), "seed": seed}
+        s = saved_split(root, SPLIT_FILE, data, meta, lambda d: split_three(d, ratios, seed), name)
+        if not s["test"]:
+            raise DatasetError(f"{name}: the split of {root} has no test images (DATASET.SPLIT_RATIOS {tuple(ratios)})")
+        return cls(s["train"], s["val"], s["test"], classnames, {"label"}, task="single_label", name=name, root=root)
 
     @staticmethod
     def _carve_val(
@@ -111,7 +165,14 @@ class ImageFolderDataset(DatasetBase):
     @classmethod
     def from_config(cls, cfg: Any) -> "ImageFolderDataset":
         root = check_root(cfg.DATASET.ROOT)
-        return cls.load(
-            os.path.join(root, cfg.DATASET.IMAGE_FOLDER.DIR), val_percent=float(cfg.DATASET.VAL_PERCENT),
-            name=cfg.DATASET.NAME or "ImageFolderDataset",
+        opts = NativeOptions.from_config(cfg)
+        ds = cls.load(
+            os.path.join(root, cfg.DATASET.IMAGE_FOLDER.DIR), val_percent=opts.val_percent, split_seed=opts.split_seed,
+            split_ratios=opts.split_ratios, name=cfg.DATASET.NAME or "ImageFolderDataset",
         )
+        return screen_from_config(ds, cfg)
+
+
+DATASET_REGISTRY.register(ImageFolderDataset)
+for _alias in ALIASES:
+    DATASET_REGISTRY.register(ImageFolderDataset, name=_alias)
