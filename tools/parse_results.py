@@ -9,8 +9,9 @@ for ``--split`` (default ``test``); when the run has a final record but none for
 ``--split val``), the last record of the split is used. Directories without ``metrics.jsonl``
 (CoOp / Dassl runs) fall back to ``log.txt``: the ``* name: X%`` lines after its last
 ``=> result`` line (``--split`` is then ignored). Runs are grouped by setting = the path with a
-trailing ``seed<k>`` component removed. Each metric cell is mean ± sample std (ddof=1, 0 for
-one seed) and the next column the half-width of the 95% confidence interval of the mean,
+trailing ``seed<k>`` component removed (``--pool fold`` also removes the ``fold-<k>`` parts of
+sweep tags, so k-fold cross-validation runs form one setting over folds x seeds). Each metric cell
+is mean ± sample std (ddof=1, 0 for one seed) and the next column the half-width of the 95% confidence interval of the mean,
 t(0.975, n-1) * std / sqrt(n) (Student t, scipy when installed, else a built-in table).
 """
 from __future__ import annotations
@@ -125,19 +126,29 @@ def find_runs(dirs: Sequence[str], split: str) -> List[RunResult]:
     return runs
 
 
-def setting_of(path: str) -> str:
+def setting_of(path: str, pool: Sequence[str] = ()) -> str:
+    """The setting of a run folder: its path without a trailing ``seed<k>``, and without the
+    ``<key>-<value>`` parts of sweep tags for every key in ``pool`` (e.g. ``fold``)."""
     head, last = os.path.split(path)
-    return head if SEED_DIR.match(last) and head else path
+    setting = head if SEED_DIR.match(last) and head else path
+    if pool:
+        parts = []
+        for comp in setting.split(os.sep):
+            kept = [p for p in comp.split("_") if not any(p.startswith(k + "-") for k in pool)]
+            if kept or not comp:
+                parts.append("_".join(kept))
+        setting = os.sep.join(parts)
+    return setting
 
 
 def natural_key(text: str) -> list:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text)]
 
 
-def group_runs(runs: Sequence[RunResult]) -> Dict[str, List[RunResult]]:
+def group_runs(runs: Sequence[RunResult], pool: Sequence[str] = ()) -> Dict[str, List[RunResult]]:
     groups: Dict[str, List[RunResult]] = {}
     for run in runs:
-        groups.setdefault(setting_of(run.path), []).append(run)
+        groups.setdefault(setting_of(run.path, pool), []).append(run)
     return {k: sorted(groups[k], key=lambda r: natural_key(r.path)) for k in sorted(groups, key=natural_key)}
 
 
@@ -196,6 +207,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="metric to report (repeatable; default: all metrics every run of a setting has)")
     p.add_argument("--csv", default="", help="also write the table as CSV to this file")
     p.add_argument("--split", default="test", help="split of the records to read (default: test)")
+    p.add_argument("--pool", action="append", default=[], metavar="KEY",
+                   help="also pool the runs that differ only in this sweep-tag key (repeatable; e.g. fold for "
+                        "k-fold cross-validation: statistics over folds x seeds)")
     args = p.parse_args(argv)
     for d in args.dirs:
         if not os.path.isdir(d):
@@ -213,7 +227,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             extra = f"did you mean {hint[0]!r}?" if hint else f"available: {', '.join(known)}"
             print(f"error: metric {m!r} is in no run ({extra})", file=sys.stderr)
             return 2
-    cols, rows = build_rows(group_runs(runs), args.metric)
+    cols, rows = build_rows(group_runs(runs, [k.lower() for k in args.pool]), args.metric)
     print(markdown(cols, rows))
     if args.csv:
         write_csv(args.csv, cols, rows)
