@@ -1,7 +1,7 @@
 """Config node ``TRAINER.EMOCOOP`` (every key of the released EmoCoOp files, plus EmoLab's switches).
 
 Released keys keep their names and meaning; EmoLab adds one switch per part so that every
-ablation is a config (see docs/EMOCOOP.md).
+ablation is a config (see README.md, "EmoCoOp in EmoLab").
 """
 from __future__ import annotations
 
