@@ -25,10 +25,10 @@ import torch
 import torch.nn as nn
 
 from configs.errors import CheckpointError, ConfigError, EmoLabError
-from datasets import build_data_loader, build_dataset, build_transform
 from trainers.evaluation import build_evaluator
 
 from . import dist
+from .data import build_data_and_loaders
 from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from .hooks import CheckpointHook, EvalHook, HookBase, LRSchedulerHook, ProgressHook
 from .logger import MetricsWriter
@@ -124,73 +124,13 @@ class TrainerBase:
 
     # ------------------------------------------------------------------ data
     def build_data(self) -> None:
-        cfg = self.cfg
-        self.dataset = dm = build_dataset(cfg)
-        self.task = dm.task
-        if self.task not in self.TASK_TARGETS:
-            raise ConfigError(f"trainer {type(self).__name__} does not support task {self.task!r}")
-        dm.require(self.required_targets())
-        self.classnames, self.num_classes, self.lab2cname = dm.classnames, dm.num_classes, dm.lab2cname
-        self.tfm_train = build_transform(cfg, is_train=True)
-        self.tfm_test = build_transform(cfg, is_train=False)
-        common = dict(
-            num_classes=self.num_classes,
-            num_workers=cfg.DATALOADER.NUM_WORKERS,
-            seed=max(cfg.SEED, 0),
-            distributed=self.world_size > 1,
-            rank=self.rank,
-            world_size=self.world_size,
-            pin_memory=cfg.DATALOADER.PIN_MEMORY and self.device.type == "cuda",
-            prefetch_factor=cfg.DATALOADER.PREFETCH_FACTOR,
-        )
-        self.train_loader = build_data_loader(
-            dm.train_x, self.tfm_train, cfg.DATALOADER.TRAIN_X.BATCH_SIZE, is_train=True,
-            sampler=cfg.DATALOADER.TRAIN_X.SAMPLER, **common,
-        )
-        bs = cfg.DATALOADER.TEST.BATCH_SIZE
-        self.has_val = len(dm.val) > 0
-        self.val_loader = (
-            build_data_loader(dm.val, self.tfm_test, bs, is_train=False, **common) if self.has_val else None
-        )
-        self.test_loader = build_data_loader(dm.test, self.tfm_test, bs, is_train=False, **common)
-        self._use_decoded_cache()
+        """Dataset, transforms, loaders (see ``engine/data.py``) and the evaluator."""
+        build_data_and_loaders(self)
         self.evaluator = self.build_evaluator()
         logger.info(
-            f"dataset {dm.name}: {self.num_classes} classes, task {self.task}, "
-            f"train {len(dm.train_x)}, val {len(dm.val)}, test {len(dm.test)}"
+            f"dataset {self.dataset.name}: {self.num_classes} classes, task {self.task}, "
+            f"train {len(self.dataset.train_x)}, val {len(self.dataset.val)}, test {len(self.dataset.test)}"
         )
-
-    def _use_decoded_cache(self) -> None:
-        """Swap the PIL loaders for :class:`DecodedImageLoader` per ``DATALOADER.DECODED_CACHE``."""
-        from datasets.decoded_cache import DecodedImageLoader, decode_all, device_ops
-
-        cfg = self.cfg
-        mode = cfg.DATALOADER.DECODED_CACHE.lower()
-        if mode not in ("auto", "memory", "gpu", "disk", "off"):
-            raise ConfigError(f"DATALOADER.DECODED_CACHE must be auto, memory, gpu, disk or off, got {mode!r}")
-        h, w = cfg.INPUT.SIZE
-        n_img = len(self.dataset.train_x) + len(self.dataset.val) + len(self.dataset.test)
-        if mode == "auto":
-            fits = n_img * 3 * h * w / 2**30 < cfg.DATALOADER.DECODED_CACHE_MAX_GB
-            mode = "gpu" if self.device.type == "cuda" and fits else "off"
-        ops = device_ops(cfg.INPUT.TRANSFORMS)
-        if mode == "off" or ops is None or cfg.INPUT.TEST_TRANSFORMS:
-            if mode != "off":
-                logger.info(f"decoded-image cache off: transforms {list(cfg.INPUT.TRANSFORMS)} need the PIL pipeline")
-            return
-        cache_dir = cfg.DATALOADER.DECODED_CACHE_DIR if mode == "disk" else ""
-        test_ops = ["normalize"] if "normalize" in ops else []
-        for attr, data, split_ops in (("train_loader", self.dataset.train_x, ops), ("val_loader", self.dataset.val, test_ops),
-                                      ("test_loader", self.dataset.test, test_ops)):
-            loader = getattr(self, attr)
-            if loader is None:
-                continue
-            images = decode_all(data, (h, w), cfg.INPUT.INTERPOLATION, cache_dir)
-            setattr(self, attr, DecodedImageLoader(
-                images, data, self.num_classes, split_ops, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
-                tuple(cfg.INPUT.RRCROP_SCALE), loader.batch_size, loader.sampler, loader.drop_last, self.device,
-                seed=max(cfg.SEED, 0), on_device=mode == "gpu"))
-        logger.info(f"decoded-image cache ({mode}): {n_img} images decoded once, augmented on {self.device}")
 
     # ------------------------------------------------------------------ models
     def register_model(self, name: str, module: nn.Module, optim: Any = "default", sched: Any = "default") -> None:
