@@ -16,6 +16,7 @@ from yacs.config import CfgNode as CN
 
 from .defaults import get_cfg_default
 from .errors import ConfigError
+from .fileio import atomic_write
 from .registry import CONFIG_EXTENSIONS, closest
 
 
@@ -158,10 +159,13 @@ def merge_from_list(cfg: CN, opts: Sequence[str], source: str = "command-line op
 
 def save_cfg(cfg: CN, path: str) -> None:
     """Write the merged config as yaml (atomically)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(cfg.dump())
-    os.replace(tmp, path)
+    text = cfg.dump()
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    atomic_write(path, write)
 
 
 def load_saved_cfg(path: str) -> CN:

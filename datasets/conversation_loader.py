@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from configs.errors import ConfigError, DatasetError
 
 from .conversation_format import MODALITIES, Dialogue
-from .loader import EpochSampler, ShardSampler, _worker_init
+from .loader import EpochSampler, ShardSampler, seeded_data_loader
 
 
 class DialogueDataset(Dataset):
@@ -103,17 +103,7 @@ def build_dialogue_loader(
         EpochSampler(n, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size) if is_train
         else ShardSampler(n, rank=rank, world_size=world_size)
     )
-    generator = torch.Generator()
-    generator.manual_seed(seed * 1000 + rank)
-    return DataLoader(
-        DialogueDataset(dialogues),
-        batch_size=batch_size,
-        sampler=sampler,
-        collate_fn=collate_dialogues,
-        num_workers=num_workers,
-        drop_last=False,
-        pin_memory=pin_memory,
-        worker_init_fn=_worker_init if num_workers > 0 else None,
-        generator=generator,
-        persistent_workers=num_workers > 0,
+    return seeded_data_loader(
+        DialogueDataset(dialogues), sampler, batch_size, seed=seed, rank=rank, num_workers=num_workers,
+        drop_last=False, pin_memory=pin_memory, collate_fn=collate_dialogues,
     )

@@ -15,18 +15,18 @@ Same settings -> identical files.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import pickle
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 from yacs.config import CfgNode as CN
 
 from configs.errors import ConfigError, DatasetError
+from configs.fileio import atomic_write, file_lock
 from configs.registry import register_config
 
 from .base import DATASET_REGISTRY
@@ -41,10 +41,6 @@ FILE_NAME = "features.pkl"
 #: IEMOCAP test-set class shares (happy, sad, neutral, anger, excited, frustration)
 IEMOCAP_PRIOR = (0.089, 0.151, 0.237, 0.105, 0.184, 0.234)
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not on POSIX
-    fcntl = None
 
 
 @dataclass(frozen=True)
@@ -145,17 +141,6 @@ def generate_conversation(s: ConversationSettings) -> tuple:
     return speakers, labels, text, audio, visual, ids["train"], ids["test"]
 
 
-@contextlib.contextmanager
-def _locked(path: str) -> Iterator[None]:
-    with open(path, "a", encoding="utf-8") as f:
-        if fcntl is not None:
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
 
 def _meta_matches(folder: str, s: ConversationSettings) -> bool:
     try:
@@ -167,10 +152,13 @@ def _meta_matches(folder: str, s: ConversationSettings) -> bool:
 
 def write_conversation(path: str, s: ConversationSettings) -> None:
     """Generate the data and pickle the 7-tuple to ``path`` (atomically)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        pickle.dump(generate_conversation(s), f, protocol=4)
-    os.replace(tmp, path)
+    data = generate_conversation(s)
+
+    def dump(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            pickle.dump(data, f, protocol=4)
+
+    atomic_write(path, dump)
 
 
 def ensure_conversation(root: str, s: ConversationSettings) -> str:
@@ -182,7 +170,7 @@ def ensure_conversation(root: str, s: ConversationSettings) -> str:
     if _meta_matches(folder, s):
         return path
     os.makedirs(folder, exist_ok=True)
-    with _locked(os.path.join(folder, ".lock")):
+    with file_lock(os.path.join(folder, ".lock")):
         if not _meta_matches(folder, s):
             logger.info("generating synthetic conversation features in %s", folder)
             meta_path = os.path.join(folder, "meta.json")

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from configs.fileio import atomic_torch_save
+
 from .base import Datum
 from .loader import read_image, stack_targets
 
@@ -62,9 +64,7 @@ def decode_all(data: Sequence[Datum], size: Tuple[int, int], interpolation: str,
             return torch.load(path, map_location="cpu", weights_only=True)
     out = torch.from_numpy(np.stack([decode(d.impath, size, interpolation) for d in data]))
     if path:
-        os.makedirs(cache_dir, exist_ok=True)
-        torch.save(out, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        atomic_torch_save(out, path)
     return out
 
 

@@ -197,6 +197,28 @@ def _worker_init(worker_id: int) -> None:
     random.seed(seed)
 
 
+def seeded_data_loader(
+    dataset: Dataset, sampler: Sampler, batch_size: int, *, seed: int, rank: int, num_workers: int,
+    drop_last: bool, pin_memory: bool, prefetch_factor: int = 2, collate_fn: Optional[Callable] = None,
+) -> DataLoader:
+    """A DataLoader whose workers are seeded from (``seed``, ``rank``) and persist across epochs."""
+    generator = torch.Generator()
+    generator.manual_seed(seed * 1000 + rank)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+        generator=generator,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+    )
+
+
 def build_data_loader(
     data_source: List[Datum],
     transform: Optional[Callable],
@@ -242,17 +264,7 @@ def build_data_loader(
         if drop_last:
             logger.warning("drop_last ignored for evaluation: every sample is evaluated once")
         drop_last = False
-    generator = torch.Generator()
-    generator.manual_seed(seed * 1000 + rank)
-    return DataLoader(
-        DatasetWrapper(data_source, transform, num_classes, seed=seed),
-        batch_size=batch_size,
-        sampler=smp,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        pin_memory=pin_memory,
-        worker_init_fn=_worker_init if num_workers > 0 else None,
-        generator=generator,
-        persistent_workers=num_workers > 0,
-        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+    return seeded_data_loader(
+        DatasetWrapper(data_source, transform, num_classes, seed=seed), smp, batch_size, seed=seed, rank=rank,
+        num_workers=num_workers, drop_last=drop_last, pin_memory=pin_memory, prefetch_factor=prefetch_factor,
     )

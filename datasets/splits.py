@@ -15,6 +15,7 @@ from collections import defaultdict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from configs.errors import DatasetError
+from configs.fileio import atomic_write
 
 from .base import Datum
 
@@ -24,12 +25,13 @@ SPLITS = ("train", "val", "test")
 
 
 def atomic_write_json(obj: Any, path: str) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    """Write ``obj`` as JSON to ``path`` atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1)
+
+    atomic_write(path, write)
 
 
 def relative_path(impath: str, root: str) -> str:

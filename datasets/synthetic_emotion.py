@@ -6,17 +6,17 @@ folder and renames it into place under a file lock, so concurrent processes (DDP
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Iterator
+from typing import Any
 
 from yacs.config import CfgNode as CN
 
 from configs.errors import ConfigError, DatasetError
+from configs.fileio import file_lock
 from configs.registry import register_config
 
 from .annotations import parse_table, read_table
@@ -27,10 +27,6 @@ logger = logging.getLogger(__name__)
 
 DATASET_DIR = "synthetic_emotion"
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not on POSIX
-    fcntl = None
 
 
 @register_config
@@ -58,17 +54,6 @@ def _meta_matches(dataset_dir: str, settings: SyntheticSettings) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _locked(path: str) -> Iterator[None]:
-    with open(path, "a", encoding="utf-8") as f:
-        if fcntl is not None:
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
 
 def ensure_synthetic(root: str, settings: SyntheticSettings) -> str:
     """``<root>/synthetic_emotion``, generated first if missing or made with other settings."""
@@ -79,7 +64,7 @@ def ensure_synthetic(root: str, settings: SyntheticSettings) -> str:
     if _meta_matches(target, settings):
         return target
     os.makedirs(root, exist_ok=True)
-    with _locked(os.path.join(root, f".{DATASET_DIR}.lock")):
+    with file_lock(os.path.join(root, f".{DATASET_DIR}.lock")):
         if _meta_matches(target, settings):  # another process made it meanwhile
             return target
         if os.path.isdir(target) and os.listdir(target) and not os.path.isfile(os.path.join(target, "meta.json")):

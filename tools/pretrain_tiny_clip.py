@@ -14,7 +14,6 @@ Deterministic for a given ``--seed`` on a given torch build (CPU, ~2 minutes on 
 from __future__ import annotations
 
 import argparse
-import colorsys
 import logging
 import os
 import sys
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from clip import load_clip  # noqa: E402
-from datasets.synthetic import CLASSNAMES, PROFILES, SyntheticSettings  # noqa: E402
+from datasets.synthetic import PROFILES, SyntheticSettings  # noqa: E402
 from datasets.synthetic_emotion import ensure_synthetic, load_synthetic  # noqa: E402
 
 logger = logging.getLogger("pretrain_tiny_clip")

@@ -123,6 +123,7 @@ class ClipTrainerBase(TrainerBase):
             logger.info(f"feature cache: {views} view(s) for {self.max_epoch} epochs of random augmentation: "
                         "epochs cycle through the cached views")
         self.train_loader_images = self.train_loader
+        self._encoder_fingerprint = fc.fingerprint_module(self.model.clip)  # once: hashing large weights is not free
         if cache_train:
             self.train_loader = self._feature_loader(self.dataset.train_x, self.tfm_train,
                                                      views if random_train else 1, self.train_loader, "train")
@@ -136,14 +137,13 @@ class ClipTrainerBase(TrainerBase):
         model = self.model
         seed = max(self.cfg.SEED, 0)
         key = {
-            "encoder": fc.fingerprint_module(model.clip),
+            "encoder": self._encoder_fingerprint,
             "transform": repr(transform),
             "views": views,
             "seed": seed if fc.transform_is_random(transform) else 0,
             "data": fc.fingerprint_data(data),
         }
-        digest = fc.hashlib.sha1(repr(sorted(key.items())).encode()).hexdigest()[:16]
-        path = os.path.join(self.cfg.CACHE.DIR, f"{self.dataset.name}_{split}_{digest}.pt")
+        path = os.path.join(self.cfg.CACHE.DIR, f"{self.dataset.name}_{split}_{fc.key_digest(key)}.pt")
 
         def build() -> torch.Tensor:
             logger.info(f"feature cache: encoding {len(data)} {split} images x {views} view(s)")

@@ -14,7 +14,6 @@ reorders them to a dataset's class order by name.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -22,6 +21,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from configs.fileio import atomic_torch_save, safe_torch_load
 from configs.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -58,10 +58,7 @@ def save_anchors(anchors: AnchorSet, path: str) -> None:
         "anchor_center": anchors.centers.clone(),
         "anchor_img_dict": {n: {"feature": e.clone()} for n, e in zip(anchors.classnames, anchors.exemplars)},
     }
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(obj, path)
 
 
 def load_anchors(path: str) -> AnchorSet:
@@ -70,12 +67,7 @@ def load_anchors(path: str) -> AnchorSet:
     Raises:
         CheckpointError: missing / unreadable file or a structure other than the format above.
     """
-    if not os.path.isfile(path):
-        raise CheckpointError(f"anchor file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file for the user
-        raise CheckpointError(f"cannot read anchor file {path}: {str(e).splitlines()[0]}") from None
+    obj = safe_torch_load(path, "anchor file")
     if not isinstance(obj, dict) or "anchor_center" not in obj or "anchor_img_dict" not in obj:
         raise CheckpointError(f"anchor file {path} must hold a dict with 'anchor_center' and 'anchor_img_dict'")
     centers, table = obj["anchor_center"], obj["anchor_img_dict"]

@@ -19,6 +19,8 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
+
+from configs.fileio import atomic_torch_save
 import torch.nn as nn
 
 from configs.errors import ConfigError
@@ -160,10 +162,7 @@ def cached_centres(path: str, compute: Callable[[], np.ndarray]) -> torch.Tensor
             logger.warning(f"ignoring the unreadable k-means cache {path}: {e}")
     centres = torch.from_numpy(np.asarray(compute(), dtype=np.float32))
     if path:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save({"centres": centres}, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save({"centres": centres}, path)
         logger.info(f"cached the visual prompt k-means centres in {path}")
     return centres
 

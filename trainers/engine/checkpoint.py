@@ -12,9 +12,8 @@ import logging
 import os
 from typing import Any, Dict, Optional
 
-import torch
-
 from configs.errors import CheckpointError
+from configs.fileio import atomic_torch_save, atomic_write, safe_torch_load
 
 logger = logging.getLogger(__name__)
 BEST = "model-best.pth.tar"
@@ -29,21 +28,16 @@ def save_checkpoint(state: Dict[str, Any], model_dir: str, is_best: bool = False
     os.makedirs(model_dir, exist_ok=True)
     fname = name or ckpt_name(int(state["epoch"]))
     path = os.path.join(model_dir, fname)
-    _atomic_save(state, path)
+    atomic_torch_save(state, path)
     if is_best:
-        _atomic_save(state, os.path.join(model_dir, BEST))
+        atomic_torch_save(state, os.path.join(model_dir, BEST))
     if name is None:
-        tmp = os.path.join(model_dir, "checkpoint.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(fname + "\n")
-        os.replace(tmp, os.path.join(model_dir, "checkpoint"))
+        def write_marker(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(fname + "\n")
+
+        atomic_write(os.path.join(model_dir, "checkpoint"), write_marker)
     return path
-
-
-def _atomic_save(state: Dict[str, Any], path: str) -> None:
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def latest_checkpoint(model_dir: str) -> Optional[str]:
@@ -59,12 +53,7 @@ def latest_checkpoint(model_dir: str) -> Optional[str]:
 
 def load_checkpoint(path: str) -> Dict[str, Any]:
     """Read a checkpoint safely (``weights_only=True``); one-line errors for missing/bad files."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+    ckpt = safe_torch_load(path, "checkpoint")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"checkpoint {path} has no 'state_dict' entry")
     return ckpt

@@ -20,11 +20,12 @@ import json
 import logging
 import math
 import os
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
+from configs.fileio import atomic_torch_save
 from datasets.base import Datum
 from datasets.loader import DatasetWrapper, stack_targets  # noqa: F401  (re-exported)
 
@@ -80,6 +81,11 @@ def compute_features(
     return torch.stack(out, dim=1)
 
 
+def key_digest(key: Dict[str, Any]) -> str:
+    """A short stable hash of a cache key (used in cache file names)."""
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def load_or_build(path: str, key: Dict[str, Any], build: Callable[[], torch.Tensor], write: bool = True) -> torch.Tensor:
     """The cached tensor at ``path`` if its stored key equals ``key``; else ``build()`` and save it."""
     key_text = json.dumps(key, sort_keys=True)
@@ -94,10 +100,7 @@ def load_or_build(path: str, key: Dict[str, Any], build: Callable[[], torch.Tens
             logger.warning(f"feature cache {path} unreadable ({str(e).splitlines()[0]}): rebuilding")
     feats = build()
     if write:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save({"key": key_text, "features": feats}, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save({"key": key_text, "features": feats}, path)
         logger.info(f"feature cache written: {path} {tuple(feats.shape)}")
     return feats
 

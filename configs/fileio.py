@@ -1,0 +1,63 @@
+"""File helpers shared by every package: atomic writes, safe tensor loading, a process lock.
+
+Everything the framework writes (checkpoints, caches, anchor files, generated data) goes through
+:func:`atomic_torch_save` or :func:`atomic_write`, so a crash never leaves a half-written file
+under the final name; tensor files are read with :func:`safe_torch_load` (``weights_only=True``,
+a one-line :class:`CheckpointError` naming the file otherwise).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Callable, Iterator
+
+from .errors import CheckpointError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on POSIX
+    fcntl = None  # type: ignore[assignment]
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)``, then rename the temporary file to ``path`` (parents created)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """``torch.save(obj, path)`` through a temporary file."""
+    import torch
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def safe_torch_load(path: str, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; one-line errors for missing/bad files."""
+    import torch
+
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise CheckpointError(f"cannot read {what} {path}: {str(e).splitlines()[0]}") from None
+
+
+@contextlib.contextmanager
+def file_lock(path: str) -> Iterator[None]:
+    """An exclusive inter-process lock held on ``path`` (a no-op where fcntl is missing)."""
+    with open(path, "a", encoding="utf-8") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_UN)
