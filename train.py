@@ -17,7 +17,9 @@ import sys
 
 import torch
 
-from configs.config import get_cfg, merge_from_file, merge_from_list, save_cfg
+from configs.config import merge_from_file, merge_from_list, save_cfg
+
+from trainers import get_cfg
 from configs.errors import EmoLabError
 
 logger = logging.getLogger("emolab")

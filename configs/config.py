@@ -21,12 +21,15 @@ from .registry import CONFIG_EXTENSIONS, closest
 
 
 def get_cfg(with_extensions: bool = True) -> CN:
-    """Defaults plus all registered extensions (importing trainers/datasets registers them)."""
+    """Defaults plus all registered config extensions.
+
+    Extensions register when ``trainers`` and ``datasets`` are imported; ``configs`` sits below
+    them and imports neither, so use :func:`trainers.get_cfg`, which imports them first.
+    """
     cfg = get_cfg_default()
     if with_extensions:
-        import datasets  # noqa: F401  (registration by import)
-        import trainers  # noqa: F401
-
+        if not len(CONFIG_EXTENSIONS):
+            raise ConfigError("no config extensions registered: import trainers first (use trainers.get_cfg)")
         for _, fn in CONFIG_EXTENSIONS.items():
             fn(cfg)
     return cfg

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 from .errors import CheckpointError
+
+#: The repository's root folder (parent of ``configs/``): relative paths in configs may be given from here.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 try:
     import fcntl
@@ -61,3 +64,11 @@ def file_lock(path: str) -> Iterator[None]:
         finally:
             if fcntl is not None:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def optional_path(path: Optional[str]) -> str:
+    """``path`` as given when it exists, else relative to the repository root when that exists."""
+    if not path or os.path.isabs(path) or os.path.exists(path):
+        return path or ""
+    alt = os.path.join(REPO_ROOT, path)
+    return alt if os.path.exists(alt) else path

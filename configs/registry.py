@@ -7,6 +7,8 @@ when their module is imported; packages import all their modules in ``__init__``
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from .errors import ConfigError
@@ -77,3 +79,16 @@ CONFIG_EXTENSIONS = Registry("config extension")
 def register_config(fn: Callable) -> Callable:
     """Decorator: register ``fn(cfg)`` that adds keys to the default config."""
     return CONFIG_EXTENSIONS.register(fn)
+
+
+def import_submodules(package: str, path: Any) -> None:
+    """Import every module under ``package`` (its ``__path__``), sub-packages included.
+
+    Called by ``datasets/__init__.py`` and ``trainers/__init__.py``: this is how everything that
+    registers itself (trainers, datasets, evaluators, components, config extensions) is found,
+    with no hand-kept list of modules.
+    """
+    for info in pkgutil.iter_modules(path):
+        module = importlib.import_module(f"{package}.{info.name}")
+        if info.ispkg:
+            import_submodules(module.__name__, module.__path__)

@@ -10,7 +10,7 @@ import torch
 
 from conftest import COCOOP_CFG, COOP_CFG, ROOT, SMALL_DATA, SYN_CFG, final_test, read_metrics, run_cli
 from trainers import TRAINER_REGISTRY
-from trainers.coop import CoOp
+from trainers.clip_prompting.coop import CoOp
 from trainers.engine.hooks import CheckpointHook
 
 

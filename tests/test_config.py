@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from configs.config import get_cfg, merge_from_file, merge_from_list
+from configs.config import merge_from_file, merge_from_list
+
+from trainers import get_cfg
 from configs.errors import ConfigError
 from conftest import ROOT, SMALL_DATA, SYN_CFG
 

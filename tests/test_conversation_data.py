@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from configs.config import get_cfg, merge_from_list
+from configs.config import merge_from_list
+
+from trainers import get_cfg
 from configs.errors import DatasetError
 from datasets import DATASET_REGISTRY, build_dataset
-from datasets.conversation import ConversationFeatures, IEMOCAPFeatures, MELDFeatures, split_dialogues
-from datasets.conversation_format import SafeUnpickler, load_pickle, parse_conversation
-from datasets.conversation_loader import build_dialogue_loader, collate_dialogues
-from datasets.conversation_synthetic import ConversationSettings, ensure_conversation, generate_conversation
+from datasets.conversation.features import ConversationFeatures, IEMOCAPFeatures, MELDFeatures, split_dialogues
+from datasets.conversation.format import SafeUnpickler, load_pickle, parse_conversation
+from datasets.conversation.loader import build_dialogue_loader, collate_dialogues
+from datasets.synthetic.conversation import ConversationSettings, ensure_conversation, generate_conversation
 
 SMALL = ConversationSettings(
     n_train_dialogues=12, n_test_dialogues=5, min_len=3, max_len=7, text_dim=6, audio_dim=5, visual_dim=4

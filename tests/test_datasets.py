@@ -13,12 +13,12 @@ from configs.config import merge_from_list
 from configs.defaults import get_cfg_default
 from configs.errors import ConfigError, DatasetError
 from datasets import DATASET_REGISTRY, DatasetBase, Datum, build_data_loader, build_dataset, build_transform, check_images
-from datasets.csv_dataset import add_csv_dataset_config
+from datasets.formats.csv_dataset import add_csv_dataset_config
 from datasets.fewshot import sample_fewshot, subsample_classes
-from datasets.image_folder import add_image_folder_config
+from datasets.formats.image_folder import add_image_folder_config
 from datasets.splits import read_split, split_train_val, write_split
-from datasets.synthetic import CLASSNAMES, SyntheticSettings, write_synthetic
-from datasets.synthetic_emotion import add_synthetic_config
+from datasets.synthetic.images import CLASSNAMES, SyntheticSettings, write_synthetic
+from datasets.synthetic.emotion import add_synthetic_config
 
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
 

@@ -9,7 +9,8 @@ from datasets.decoded_cache import DecodedImageLoader, decode_all, device_ops
 
 
 def _setup(data_root, transforms):
-    from configs.config import get_cfg, merge_from_list
+    from configs.config import merge_from_list
+    from trainers import get_cfg
     from datasets import build_dataset
 
     cfg = get_cfg()

@@ -102,8 +102,9 @@ def test_glove_name_without_local_copy_is_a_one_line_error(tmp_path, data_root, 
 
 
 def test_released_config_loads_unchanged():
-    from configs.config import get_cfg, merge_from_file
-    from trainers.emocoop import EmoCoOp
+    from configs.config import merge_from_file
+    from trainers import get_cfg
+    from trainers.emocoop.trainer import EmoCoOp
 
     cfg = get_cfg()
     merge_from_file(cfg, os.path.join(ROOT, "configs/trainers/CoCoOp/vit_emotion.yaml"))

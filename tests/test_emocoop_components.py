@@ -21,7 +21,7 @@ from trainers.components.loss_weighting import LOSS_WEIGHTINGS, UncertaintyWeigh
 from trainers.components.losses import AsymmetricLoss, FocalLoss, MULTILABEL_LOSSES
 from trainers.components.prompt_learner import PromptLearner
 from trainers.components.visual_prompts import DynamicVisualPrompts
-from trainers.emocoop_model import EmoCoOpModel
+from trainers.emocoop.model import EmoCoOpModel
 
 CLASSES = ["amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear", "sadness"]
 

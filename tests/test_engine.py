@@ -8,7 +8,9 @@ import pickle
 import pytest
 import torch
 
-from configs.config import get_cfg, merge_from_list
+from configs.config import merge_from_list
+
+from trainers import get_cfg
 from configs.errors import CheckpointError, ConfigError
 from trainers.engine.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainers.engine.optim import build_lr_scheduler, build_optimizer, lr_factor_fn

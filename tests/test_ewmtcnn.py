@@ -14,9 +14,9 @@ from datasets import Datum
 from datasets.base import DatasetBase
 from datasets.kfold import apply_kfold, stratified_assignment
 from tools import parse_results, sweep
-from trainers.backbones import build_cnn_backbone, param_groups
+from trainers.cnn.backbones import build_cnn_backbone, param_groups
 from trainers.components.emotion_wheel import EmotionWheelPrior, build_prior, label_correlation_matrix, wheel_positions
-from trainers.ewmtcnn import ewmtcnn_loss
+from trainers.ewmtcnn.trainer import ewmtcnn_loss
 
 EMOTION6 = ["anger", "disgust", "fear", "joy", "sadness", "surprise"]
 E6_MAP = {"joy": "amusement", "surprise": "awe"}
@@ -193,7 +193,7 @@ def test_folds_as_sweep_axis_aggregated_over_folds(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def emotion6_root(tmp_path_factory):
-    from datasets.synthetic_native import NativeSettings, write_native
+    from datasets.synthetic.native import NativeSettings, write_native
 
     root = tmp_path_factory.mktemp("e6")
     write_native(str(root / "Emotion6"), "emotion6", NativeSettings(n_train_per_class=4, n_val_per_class=1, n_test_per_class=2))

@@ -6,7 +6,7 @@ import os
 import torch
 
 from conftest import COOP_CFG, SMALL_DATA, SYN_CFG, final_test, run_cli
-from datasets import Datum, build_transform
+from datasets import build_transform
 from datasets.loader import DatasetWrapper
 from trainers.components.context import StaticContext
 from trainers.components.prompt_learner import PromptedCLIP, PromptLearner
@@ -14,7 +14,8 @@ from trainers.engine import feature_cache as fc
 
 
 def _data(data_root):
-    from configs.config import get_cfg, merge_from_list
+    from configs.config import merge_from_list
+    from trainers import get_cfg
     from datasets import build_dataset
 
     cfg = get_cfg()
@@ -23,7 +24,8 @@ def _data(data_root):
 
 
 def _tf(opts):
-    from configs.config import get_cfg, merge_from_list
+    from configs.config import merge_from_list
+    from trainers import get_cfg
 
     cfg = get_cfg()
     merge_from_list(cfg, ["INPUT.SIZE", "(32, 32)", *opts])

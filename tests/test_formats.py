@@ -7,11 +7,13 @@ import os
 
 import pytest
 
-from configs.config import get_cfg, merge_from_file, merge_from_list
+from configs.config import merge_from_file, merge_from_list
+
+from trainers import get_cfg
 from datasets import build_data_loader, build_dataset
-from datasets.emotion6 import EMOTIONS, class_targets, read_ground_truth
-from datasets.synthetic import CLASSNAMES as MIKELS
-from datasets.synthetic_native import DONGBA, EMOSET_VOCAB, NativeSettings, write_native
+from datasets.formats.emotion6 import EMOTIONS, class_targets, read_ground_truth
+from datasets.synthetic.images import CLASSNAMES as MIKELS
+from datasets.synthetic.native import DONGBA, EMOSET_VOCAB, NativeSettings, write_native
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = NativeSettings(n_train_per_class=5, n_val_per_class=1, n_test_per_class=1, image_size=16)
@@ -166,7 +168,7 @@ def test_single_class_folder_set_is_split_and_saved(tmp_path, monkeypatch):
     saved = json.loads((base / "split_imagefolder.json").read_text())
     assert saved["meta"] == {"layout": "class_folders", "ratios": [0.7, 0.1, 0.2], "seed": 42}
     assert sorted(e[0] for e in saved["val"]) == sorted(rel(d, base) for d in ds.val)
-    monkeypatch.setattr("datasets.image_folder.split_three", lambda *a, **k: pytest.fail("saved split not reused"))
+    monkeypatch.setattr("datasets.formats.image_folder.split_three", lambda *a, **k: pytest.fail("saved split not reused"))
     assert build_dataset(cfg).test == ds.test
     monkeypatch.undo()
     other = build_dataset(cfg_for("ube.yaml", tmp_path, "DATASET.SPLIT_SEED", "7"))

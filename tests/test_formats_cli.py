@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import COOP_CFG, ROOT, final_test, run_cli
-from datasets.synthetic_native import DEFAULT_DIRS, NativeSettings, write_native
+from datasets.synthetic.native import DEFAULT_DIRS, NativeSettings, write_native
 
 SETTINGS = NativeSettings(n_train_per_class=3, n_val_per_class=1, n_test_per_class=1, image_size=16)
 # format -> (dataset yaml, extra opts, test images, metric the final test must report)

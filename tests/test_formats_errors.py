@@ -8,11 +8,13 @@ import re
 
 import pytest
 
-from configs.config import get_cfg, merge_from_file, merge_from_list
+from configs.config import merge_from_file, merge_from_list
+
+from trainers import get_cfg
 from configs.errors import ConfigError, DatasetError
 from conftest import COOP_CFG, run_cli
 from datasets import build_dataset
-from datasets.synthetic_native import NativeSettings, write_native
+from datasets.synthetic.native import NativeSettings, write_native
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = NativeSettings(n_train_per_class=4, n_val_per_class=1, n_test_per_class=2, image_size=16)

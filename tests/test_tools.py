@@ -1,6 +1,5 @@
 """tools/parse_results.py and tools/sweep.py on fake run folders and a fake train script."""
 import csv
-import io
 import json
 import math
 import os

@@ -7,10 +7,10 @@ import torch
 
 from configs.errors import CheckpointError, ConfigError, DatasetError
 from conftest import ROOT, SMALL_DATA, SYN_CFG, final_test, read_metrics, run_cli
-from trainers.backbones import build_cnn_backbone
-from trainers.cnn_base import EarlyStoppingHook
+from trainers.cnn.backbones import build_cnn_backbone
+from trainers.cnn.base import EarlyStoppingHook
 from trainers.components.nrc_vad import category_va, label_va, load_nrc_vad, va_to_class
-from trainers.va_common import VANet, classification_loss, load_stage1, va_mse
+from trainers.va.common import VANet, classification_loss, load_stage1, va_mse
 
 VA_CFG = os.path.join(ROOT, "configs/trainers/VARegression/tiny_synthetic.yaml")
 # NRC-VAD v1 values (0..1) of the synthetic classes; "awe" is stored as "wonder" to test LEXICON_WORDS
@@ -183,7 +183,7 @@ def test_four_frameworks_from_the_cli(tmp_path, data_root, lexicon_file):
                             "TRAINER.VA.LEXICON", lexicon_file, "TRAINER.VA.LEXICON_WORDS", "['awe:wonder']")) == 0
     assert {"class_accuracy", "va_class_accuracy"} <= set(final_test(str(s3)))
 
-    from datasets.synthetic_native import NativeSettings, write_native  # zero-shot VA on Emotion6-format data
+    from datasets.synthetic.native import NativeSettings, write_native  # zero-shot VA on Emotion6-format data
 
     write_native(str(tmp_path / "e6" / "Emotion6"), "emotion6", NativeSettings(1, 1, 2))
     zs = tmp_path / "zero_shot"

@@ -11,14 +11,16 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score, precision_score
 
-from configs.config import get_cfg, merge_from_file
+from configs.config import merge_from_file
+
+from trainers import get_cfg
 from configs.errors import CheckpointError
 from conftest import ROOT, final_test, run_cli
 from trainers.components.anchors import (
     AnchorBank, AnchorSet, anchor_logits, anchors_from_features, load_anchors, match_anchors, save_anchors,
 )
 from trainers.evaluation.conversation import Conversation
-from trainers.vega_model import VEGALossSettings, VEGANet, masked_cross_entropy, masked_distillation, vega_loss
+from trainers.vega.model import VEGALossSettings, VEGANet, masked_cross_entropy, masked_distillation, vega_loss
 
 CLASSES = ["happy", "sad", "neutral", "anger", "excited", "frustration"]
 DIMS = {"text": 5, "audio": 4, "visual": 3}
@@ -179,7 +181,7 @@ def test_anchor_file_checks(tmp_path):
 
 def _emotion_images(root) -> str:
     """A few SyntheticEmotion images; returns the annotations.csv path."""
-    from datasets.synthetic import SyntheticSettings, write_synthetic
+    from datasets.synthetic.images import SyntheticSettings, write_synthetic
 
     out = os.path.join(str(root), "emo")
     write_synthetic(out, SyntheticSettings(n_train_per_class=2, n_val_per_class=1, n_test_per_class=1))
@@ -199,7 +201,7 @@ def build_anchor_file(csv_path: str, out: str) -> int:
 def test_build_anchors_tool(tmp_path):
     from clip import load_clip
     from tools.build_anchors import encode_images, images_from_list
-    from trainers.clip_base import resolve_pretrained
+    from trainers.clip_prompting.base import resolve_pretrained
 
     csv_path = _emotion_images(tmp_path)
     out = str(tmp_path / "anchors.pt")
@@ -288,7 +290,7 @@ def test_cli_trains_selects_on_val_and_eval_only_reproduces(tmp_path, anchor_fil
     assert sorted(os.listdir(out / "vega")) == ["checkpoint", "model-best.pth.tar", "model.pth.tar-2"]
     res = final_test(str(out))
     assert {"weighted_f1", "accuracy", "weighted_precision", "macro_f1", "f1_happy"} <= set(res)
-    from datasets.conversation_format import load_pickle
+    from datasets.conversation.format import load_pickle
 
     data = load_pickle(str(tmp_path / "synthetic_conversation" / "features.pkl"))
     n_test = sum(len(data[1][v]) for v in data[6])  # utterances of testVid
@@ -313,7 +315,7 @@ def test_cli_anchor_mismatch_is_one_line_error(tmp_path, anchor_file, capsys):
 def test_early_stopping_counts_evaluations_without_a_new_best():
     from types import SimpleNamespace
 
-    from trainers.vega import EarlyStoppingHook
+    from trainers.vega.trainer import EarlyStoppingHook
 
     t = SimpleNamespace(stop_training=False, evaluator=SimpleNamespace(main_metric="weighted_f1"))
     hook = EarlyStoppingHook(2)

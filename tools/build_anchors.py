@@ -163,7 +163,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         from clip import load_clip
-        from trainers.clip_base import resolve_pretrained
+        from trainers.clip_prompting.base import resolve_pretrained
 
         found = images_from_dir(args.image_dir) if args.image_dir else images_from_list(args.image_list, args.split)
         images = assign_classes(found, args.classes, parse_map(args.map), args.max_per_class, args.seed)

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from clip import load_clip  # noqa: E402
-from datasets.synthetic import PROFILES, SyntheticSettings  # noqa: E402
-from datasets.synthetic_emotion import ensure_synthetic, load_synthetic  # noqa: E402
+from datasets.synthetic.images import PROFILES, SyntheticSettings  # noqa: E402
+from datasets.synthetic.emotion import ensure_synthetic, load_synthetic  # noqa: E402
 
 logger = logging.getLogger("pretrain_tiny_clip")
 SYNONYMS = {

@@ -1,23 +1,22 @@
 """Trainers, the engine they share, and their swappable components.
 
-Importing the package imports every module in it (and in ``components/``), which is how
+Importing the package imports every module in it and in its sub-packages, which is how
 trainers, components, evaluators and their config extensions get registered: there is no
 hand-kept list to update when a trainer is added.
 """
-import importlib
-import pkgutil
+import datasets  # noqa: F401  (registers datasets and their config nodes)
+from configs.config import get_cfg as _get_cfg
+from configs.registry import import_submodules
 
 from .registry import TRAINER_REGISTRY
 
-
-def _import_all(package: str, path) -> None:
-    for info in pkgutil.iter_modules(path):
-        mod = importlib.import_module(f"{package}.{info.name}")
-        if info.ispkg:
-            _import_all(mod.__name__, mod.__path__)
+import_submodules(__name__, __path__)
 
 
-_import_all(__name__, __path__)
+def get_cfg(with_extensions: bool = True):
+    """The default config with every registered trainer's, component's and dataset's node
+    (only the core defaults with ``with_extensions=False``)."""
+    return _get_cfg(with_extensions)
 
 
 def build_trainer(cfg):
@@ -25,4 +24,4 @@ def build_trainer(cfg):
     return TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg)
 
 
-__all__ = ["TRAINER_REGISTRY", "build_trainer"]
+__all__ = ["TRAINER_REGISTRY", "build_trainer", "get_cfg"]

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from configs.errors import ConfigError
+from configs.fileio import REPO_ROOT
 
 logger = logging.getLogger(__name__)
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VECTOR_SUFFIXES = (".kv", ".bin", ".txt", ".vec", ".gz", ".w2v", ".model")
 
 

@@ -15,6 +15,7 @@ rescaled ``v * scale + offset`` (default 8, 1: the 1..9 SAM scale of Emotion6; N
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Dict, Mapping, Optional, Sequence, Tuple
@@ -22,7 +23,10 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import torch
 
 from configs.errors import ConfigError, DatasetError
+from configs.fileio import optional_path
 from configs.registry import closest
+
+from .emotion_wheel import parse_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -137,3 +141,20 @@ def va_class_scores(va: torch.Tensor, class_va: torch.Tensor, metric: str = "cos
 def va_to_class(va: torch.Tensor, class_va: torch.Tensor, metric: str = "cosine", center: float = 0.0) -> torch.Tensor:
     """``[N]`` index of the closest category (see :func:`va_class_scores`)."""
     return va_class_scores(va, class_va, metric, center).argmax(dim=1)
+
+
+@functools.lru_cache(maxsize=4)
+def _lexicon(path: str, scale: float, offset: float) -> Dict[str, Tuple[float, float, float]]:
+    return load_nrc_vad(path, scale, offset)
+
+
+def class_va_from_config(cfg, classnames: Sequence[str], required: bool = False) -> Optional[torch.Tensor]:
+    """``[C, 2]`` lexicon VA of ``classnames`` from ``TRAINER.VA``; None when no lexicon is set
+    (ConfigError instead when ``required``)."""
+    node = cfg.TRAINER.VA
+    if not node.LEXICON:
+        if required:
+            raise ConfigError("TRAINER.VA.LEXICON is empty: one_stage needs the NRC-VAD lexicon file")
+        return None
+    lex = _lexicon(optional_path(node.LEXICON), float(node.LEXICON_SCALE), float(node.LEXICON_OFFSET))
+    return category_va(lex, classnames, parse_pairs(node.LEXICON_WORDS, "TRAINER.VA.LEXICON_WORDS"))

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from configs.errors import EmoLabError
-from trainers.components.nrc_vad import dominant_mask, label_va, va_to_class
+from trainers.components.nrc_vad import class_va_from_config, dominant_mask, label_va, va_to_class
 
 from .base import EVALUATOR_REGISTRY, EvaluatorBase, log_result, pct
 
@@ -218,8 +218,6 @@ class ValenceArousal(EvaluatorBase):
         kwargs: Dict[str, Any] = {"threshold": float(cfg.TEST.THRESHOLD)}
         node = cfg.TRAINER.get("VA")
         if node is not None:
-            from trainers.va_common import class_va_from_config
-
             kwargs["class_va"] = class_va_from_config(cfg, classnames)
             kwargs["back_conversion"] = node.BACK_CONVERSION
             if higher_is_better(node.VAL_METRIC):

@@ -1,0 +1,1 @@
+"""Synthetic data generators: emotion images (demo dataset and every native layout) and conversation features."""

@@ -1,0 +1,1 @@
+"""CLIP prompt learning and baselines: the CLIP trainer base, zero-shot CLIP, linear probe, CoOp, CoCoOp."""

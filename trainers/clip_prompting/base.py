@@ -1,0 +1,169 @@
+"""Shared base for trainers built on a frozen CLIP backbone (CoOp, CoCoOp, zero-shot, ...)."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict
+
+import torch
+import torch.nn.functional as F
+
+from configs.errors import ConfigError
+from configs.fileio import REPO_ROOT
+from configs.registry import register_config
+from trainers.engine import TrainerBase
+from trainers.engine import feature_cache as fc
+from trainers.engine.utils import autocast
+
+logger = logging.getLogger(__name__)
+WEIGHTS_DIR = os.path.join(REPO_ROOT, "clip", "weights")
+
+
+def default_weights(name: str) -> str:
+    """The weights file shipped with the project for ``name`` (tiny synthetic CLIPs), or ""."""
+    path = os.path.join(WEIGHTS_DIR, f"{name}.safetensors")
+    return path if os.path.isfile(path) else ""
+
+
+def resolve_pretrained(name: str, pretrained: str) -> str:
+    """``""`` -> the shipped weights for project architectures, else random init (with a warning);
+    ``"random"`` -> random init; anything else is passed to ``clip.load_clip``."""
+    if pretrained == "random":
+        return ""
+    if pretrained:
+        return pretrained
+    shipped = default_weights(name)
+    if shipped:
+        return shipped
+    logger.warning(
+        f"CLIP {name} has RANDOM weights: set MODEL.BACKBONE.PRETRAINED to a checkpoint file or an open_clip tag"
+    )
+    return ""
+
+
+def backbone_image_size(name: str) -> int:
+    """Input resolution of a CLIP architecture, read from its config (no model is built)."""
+    import open_clip
+
+    from clip import resolve_model_name
+
+    arch = resolve_model_name(name)
+    conf = open_clip.get_model_config(arch) or {}
+    size = conf.get("vision_cfg", {}).get("image_size", 224)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def build_clip_backbone(cfg, device: torch.device):
+    """Load the frozen CLIP backbone named by ``cfg.MODEL.BACKBONE``."""
+    from clip import load_clip
+
+    name = cfg.MODEL.BACKBONE.NAME
+    if not name:
+        raise ConfigError("MODEL.BACKBONE.NAME is empty: name a CLIP architecture, e.g. ViT-B/16 or emolab-tiny-vit")
+    weights = resolve_pretrained(name, cfg.MODEL.BACKBONE.PRETRAINED)
+    logger.info(f"loading CLIP {name} ({weights or 'random init'})")
+    return load_clip(name, pretrained=weights, device=device)
+
+
+@register_config
+def add_cache_config(cfg) -> None:
+    from yacs.config import CfgNode as CN
+
+    cfg.CACHE = CN()
+    cfg.CACHE.FEATURES = "auto"  # frozen-feature cache: auto (where exact) | on | off
+    cfg.CACHE.VIEWS = 1  # augmented views per training image (exact when >= MAX_EPOCH or no random transform)
+    cfg.CACHE.DIR = "cache/features"  # where cache files are kept (keyed, stale files rebuilt)
+
+
+class ClipTrainerBase(TrainerBase):
+    """A trainer whose backbone is a frozen CLIP; fills ``INPUT.SIZE`` from the architecture.
+
+    ``self.model`` must offer ``image_features(images) -> [B, E]`` and ``forward(x, features=False)``;
+    then the frozen-feature cache (``CACHE.*``) replaces the image loaders by cached features.
+    """
+
+    #: False for trainers whose image features are not a pure function of the image (e.g. visual prompts)
+    supports_feature_cache = True
+
+    @classmethod
+    def finalize_config(cls, cfg) -> None:
+        """Fill INPUT.SIZE from the CLIP architecture (called by ``train.py`` before freezing)."""
+        if not cfg.MODEL.BACKBONE.NAME:
+            cfg.MODEL.BACKBONE.NAME = "emolab-tiny-vit"
+        size = backbone_image_size(cfg.MODEL.BACKBONE.NAME)
+        if not cfg.INPUT.SIZE:
+            cfg.INPUT.SIZE = (size, size)
+        elif tuple(cfg.INPUT.SIZE) != (size, size):
+            raise ConfigError(
+                f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the {size}x{size} input of backbone "
+                f"{cfg.MODEL.BACKBONE.NAME}"
+            )
+
+    def forward_batch(self, batch: Dict[str, Any]) -> torch.Tensor:
+        """Logits [B, C] from cached features (``feat``) or images (``img``)."""
+        if "feat" in batch:
+            return self.model(batch["feat"], features=True)
+        return self.model(batch["img"])
+
+    def inference(self, batch: Dict[str, Any]) -> torch.Tensor:
+        return self.forward_batch(batch)
+
+    def after_build(self) -> None:
+        """Replace image loaders by cached-feature loaders where ``CACHE.FEATURES`` allows."""
+        mode = self.cfg.CACHE.FEATURES.lower()
+        if mode not in ("auto", "on", "off"):
+            raise ConfigError(f"CACHE.FEATURES must be auto, on or off, got {self.cfg.CACHE.FEATURES!r}")
+        if mode == "off" or not self.supports_feature_cache:
+            return
+        views = max(1, self.cfg.CACHE.VIEWS)
+        random_train = fc.transform_is_random(self.tfm_train)
+        exact_train = not random_train or views >= self.max_epoch
+        cache_train = mode == "on" or exact_train
+        if mode == "on" and not exact_train:
+            logger.info(f"feature cache: {views} view(s) for {self.max_epoch} epochs of random augmentation: "
+                        "epochs cycle through the cached views")
+        self.train_loader_images = self.train_loader
+        self._encoder_fingerprint = fc.fingerprint_module(self.model.clip)  # once: hashing large weights is not free
+        if cache_train:
+            self.train_loader = self._feature_loader(self.dataset.train_x, self.tfm_train,
+                                                     views if random_train else 1, self.train_loader, "train")
+        if self.val_loader is not None:
+            self.val_loader = self._feature_loader(self.dataset.val, self.tfm_test, 1, self.val_loader, "val")
+        self.test_loader = self._feature_loader(self.dataset.test, self.tfm_test, 1, self.test_loader, "test")
+
+    def _feature_loader(self, data, transform, views: int, image_loader, split: str) -> fc.FeatureLoader:
+        from trainers.engine import dist
+
+        model = self.model
+        seed = max(self.cfg.SEED, 0)
+        key = {
+            "encoder": self._encoder_fingerprint,
+            "transform": repr(transform),
+            "views": views,
+            "seed": seed if fc.transform_is_random(transform) else 0,
+            "data": fc.fingerprint_data(data),
+        }
+        path = os.path.join(self.cfg.CACHE.DIR, f"{self.dataset.name}_{split}_{fc.key_digest(key)}.pt")
+
+        def build() -> torch.Tensor:
+            logger.info(f"feature cache: encoding {len(data)} {split} images x {views} view(s)")
+            return fc.compute_features(
+                model.image_features, data, transform, views, key["seed"], image_loader.batch_size,
+                self.device, self.cfg.DATALOADER.NUM_WORKERS, autocast(self.precision, self.device),
+                num_classes=self.num_classes,
+            )
+
+        feats = None
+        if self.is_main:
+            feats = fc.load_or_build(path, key, build)
+        dist.barrier()
+        if feats is None:
+            feats = fc.load_or_build(path, key, build, write=False)
+        return fc.FeatureLoader(feats, fc.stack_targets(data, self.num_classes), image_loader.batch_size,
+                                image_loader.sampler, image_loader.drop_last, self.device)
+
+    def classification_loss(self, logits: torch.Tensor, batch: Dict[str, Any]) -> torch.Tensor:
+        """Cross-entropy on ``label`` (single-label) or BCE-with-logits on ``labels`` (multi-label)."""
+        if self.task == "multi_label":
+            return F.binary_cross_entropy_with_logits(logits.float(), batch["labels"].float())
+        return F.cross_entropy(logits.float(), batch["label"])

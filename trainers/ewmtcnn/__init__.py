@@ -1,0 +1,1 @@
+"""EW-MTCNN: emotion-wheel prior layer, multi-task classification + emotion distribution learning."""

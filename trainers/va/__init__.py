@@ -1,0 +1,1 @@
+"""Two-stage valence-arousal regression learned from categorical labels (NRC-VAD lexicon)."""

@@ -1,0 +1,1 @@
+"""VEGA-anchor: conversation features aligned to CLIP visual emotion anchors."""
