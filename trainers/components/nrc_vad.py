@@ -148,13 +148,10 @@ def _lexicon(path: str, scale: float, offset: float) -> Dict[str, Tuple[float, f
     return load_nrc_vad(path, scale, offset)
 
 
-def class_va_from_config(cfg, classnames: Sequence[str], required: bool = False) -> Optional[torch.Tensor]:
-    """``[C, 2]`` lexicon VA of ``classnames`` from ``TRAINER.VA``; None when no lexicon is set
-    (ConfigError instead when ``required``)."""
-    node = cfg.TRAINER.VA
-    if not node.LEXICON:
-        if required:
-            raise ConfigError("TRAINER.VA.LEXICON is empty: one_stage needs the NRC-VAD lexicon file")
-        return None
-    lex = _lexicon(optional_path(node.LEXICON), float(node.LEXICON_SCALE), float(node.LEXICON_OFFSET))
-    return category_va(lex, classnames, parse_pairs(node.LEXICON_WORDS, "TRAINER.VA.LEXICON_WORDS"))
+def lexicon_class_va(
+    lexicon: str, classnames: Sequence[str], scale: float = 8.0, offset: float = 1.0, words: Sequence[str] = (),
+) -> torch.Tensor:
+    """``[C, 2]`` lexicon VA of ``classnames`` from the NRC-VAD file ``lexicon`` (read once per
+    process), values rescaled ``v * scale + offset``; ``words`` holds ``"class:word"`` overrides."""
+    lex = _lexicon(optional_path(lexicon), float(scale), float(offset))
+    return category_va(lex, classnames, parse_pairs(words, "TRAINER.VA.LEXICON_WORDS"))

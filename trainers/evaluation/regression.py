@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from configs.errors import EmoLabError
-from trainers.components.nrc_vad import class_va_from_config, dominant_mask, label_va, va_to_class
+from configs.errors import ConfigError, EmoLabError
+from trainers.components.nrc_vad import dominant_mask, label_va, lexicon_class_va, va_to_class
 
 from .base import EVALUATOR_REGISTRY, EvaluatorBase, log_result, pct
 
@@ -223,3 +223,14 @@ class ValenceArousal(EvaluatorBase):
             if higher_is_better(node.VAL_METRIC):
                 kwargs["main_metric"] = node.VAL_METRIC
         return cls(classnames, task=cfg.DATASET.TASK or "single_label", **kwargs)
+
+
+def class_va_from_config(cfg: Any, classnames: Sequence[str], required: bool = False) -> Optional[torch.Tensor]:
+    """``[C, 2]`` lexicon VA of ``classnames`` from ``TRAINER.VA``; None when no lexicon is set
+    (ConfigError instead when ``required``)."""
+    node = cfg.TRAINER.VA
+    if not node.LEXICON:
+        if required:
+            raise ConfigError("TRAINER.VA.LEXICON is empty: one_stage needs the NRC-VAD lexicon file")
+        return None
+    return lexicon_class_va(node.LEXICON, classnames, node.LEXICON_SCALE, node.LEXICON_OFFSET, node.LEXICON_WORDS)

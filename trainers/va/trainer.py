@@ -31,8 +31,8 @@ from configs.errors import ConfigError
 from datasets import DATASET_REGISTRY, build_data_loader, check_images
 from trainers.cnn.base import CNNTrainerBase
 from trainers.engine.checkpoint import checkpoint_path, load_checkpoint
-from trainers.components.nrc_vad import class_va_from_config, label_va
-from trainers.evaluation.regression import ValenceArousal, higher_is_better
+from trainers.components.nrc_vad import label_va
+from trainers.evaluation.regression import ValenceArousal, class_va_from_config, higher_is_better
 from trainers.registry import TRAINER_REGISTRY
 from trainers.va.common import (
     MODES, TASKS, VANet, as_categorical, as_dimensional, classification_loss, load_stage1, va_mse,
