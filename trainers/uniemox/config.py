@@ -98,6 +98,7 @@ def add_uniemox_pretrain_config(cfg: CN) -> None:
     p.CON_WEIGHT = 1.0  # weight of L_con, image-text similarity profiles (0 = off)
     p.FUSION = "released"  # scene + person fusion (trainers/components/fusion.py) | none = scene token only
     p.PERSON_BOXES = ""  # person boxes JSON of tools/detect_persons.py ("" = <dataset folder>/person_boxes.json)
+    p.DECODE = "auto"  # where JPEGs are decoded: worker (loader processes) | device (batched, nvJPEG on CUDA) | auto
     p.TEACHER = CN()
     p.TEACHER.NAME = "ViT-B-16"  # CLIP architecture of the frozen teacher
     p.TEACHER.PRETRAINED = "openai"  # its weights: a local file or an open_clip tag
