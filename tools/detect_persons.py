@@ -43,7 +43,7 @@ def build_detector(arch: str, weights: str, score_threshold: float, nms: float) 
     """A torchvision detector with the weights of the local file ``weights`` (never downloaded)."""
     from torchvision.models import detection
 
-    from configs.fileio import safe_torch_load
+    from trainers.uniemox.checkpoints import read_checkpoint
 
     if arch not in ARCHS:
         from configs.registry import closest
@@ -53,7 +53,7 @@ def build_detector(arch: str, weights: str, score_threshold: float, nms: float) 
     score_key, nms_key = ARCHS[arch]
     model = getattr(detection, arch)(weights=None, weights_backbone=None, num_classes=91,
                                      **{score_key: score_threshold, nms_key: nms})
-    obj = safe_torch_load(weights, "detector weights")
+    obj = read_checkpoint(weights, "detector weights", allow=())
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from configs.fileio import atomic_torch_save, safe_torch_load
+from configs.fileio import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,9 @@ def caption_embeddings(clip: Any, captions: Sequence[str], cache_dir: str = "", 
     if cache_dir:
         path = os.path.join(cache_dir, f"captions-{_fingerprint(clip, captions)}.pt")
         if os.path.isfile(path):
-            cached = safe_torch_load(path, "caption embedding cache")
+            from .checkpoints import read_checkpoint
+
+            cached = read_checkpoint(path, "caption embedding cache", allow=())
             if isinstance(cached, dict) and torch.is_tensor(cached.get("features")) and cached["features"].shape[0] == len(captions):
                 logger.info(f"caption embeddings read from {path}")
                 return cached["features"].float()

@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from configs.errors import CheckpointError
-from configs.fileio import safe_torch_load
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +36,25 @@ SAFE_GLOBALS = [argparse.Namespace]
 HANDOFF_NAME = "uniemox_pretrain.pth"
 
 
-def read_checkpoint(path: str, what: str = "checkpoint") -> Any:
-    """``torch.load(path, weights_only=True)`` allowing ``argparse.Namespace``; one-line errors."""
-    with torch.serialization.safe_globals(SAFE_GLOBALS):
-        return safe_torch_load(path, what)
+def read_checkpoint(path: str, what: str = "checkpoint", allow: Sequence[type] = tuple(SAFE_GLOBALS)) -> Any:
+    """``torch.load(path, weights_only=True)`` with ``allow`` added to the allow-list; one-line errors.
+
+    A file that needs any other pickled object is refused without running it, and the message names
+    the object (torch's own text spans several lines)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{what} not found: {path}")
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:
+            raise CheckpointError(f"refusing {what} {path}: it pickles {found.group(1)}, which is not on the allow-list "
+                                  f"(tensors, containers, {', '.join(c.__module__ + '.' + c.__name__ for c in allow) or 'nothing else'}); "
+                                  f"nothing in it was run") from None
+        first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+        raise CheckpointError(f"cannot read {what} {path}: {first}") from None
 
 
 def _is_state_dict(obj: Any) -> bool:
