@@ -82,17 +82,21 @@ def test_missing_init_and_bad_keys_are_one_line_errors(root, tmp_path, capsys):
     assert "person boxes file not found" in err[2] and len(err) == 3
 
 
-def test_sweep_runs_both_stages(root, tmp_path):
-    import subprocess
+def test_sweep_runs_both_stages(root, tmp_path, monkeypatch):
+    import tools.sweep as sweep
 
+    def in_process(run):  # the sweep's command line, run by train.py's main in this process (no interpreter start-up)
+        assert run.cmd[1].endswith("train.py")
+        return run_cli(run.cmd[2:]), []
+
+    monkeypatch.setattr(sweep, "execute", in_process)
     out = tmp_path / "sweep"
-    for trainer, cfg, ds in (("UniEmoXPretrain", PRE_CFG, EMOSET), ("UniEmoX", FT_CFG, FI)):
-        cmd = [sys.executable, os.path.join(ROOT, "tools/sweep.py"), "--trainer", trainer, "--config-file", cfg,
-               "--dataset-config-file", ds, "--root", root, "--seeds", "1", "--output-root", str(out), "--", *FAST]
-        if trainer == "UniEmoX":
-            cmd += ["TRAINER.UNIEMOX.INIT", str(out / "EmoSet" / "UniEmoXPretrain" / "tiny_synthetic_allshots" / "default" / "seed1")]
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+    pre_dir = out / "EmoSet" / "UniEmoXPretrain" / "tiny_synthetic_allshots" / "default" / "seed1"
+    for trainer, cfg, ds, extra in (("UniEmoXPretrain", PRE_CFG, EMOSET, []),
+                                    ("UniEmoX", FT_CFG, FI, ["TRAINER.UNIEMOX.INIT", str(pre_dir)])):
+        assert sweep.main(["--trainer", trainer, "--config-file", cfg, "--dataset-config-file", ds, "--root", root,
+                           "--seeds", "1", "--output-root", str(out), "--", *FAST, *extra]) == 0
+    assert final_test(str(pre_dir))["loss"] > 0
     from tools.parse_results import main as parse
 
     assert parse([str(out / "FI" / "UniEmoX"), "--metric", "top3_accuracy"]) == 0
