@@ -140,3 +140,17 @@ def test_decoding_on_the_device_gives_the_worker_views(root):
     assert worker["img"].dtype == torch.uint8 and worker["img"].shape == (6, 3, 16, 16)
     assert torch.equal(worker["img"], device["img"]) and torch.equal(worker["person"], device["person"])
     assert worker["seed"][1] == view_seed(3, 2, 1)
+
+
+def test_every_uniemox_config_merges_with_its_datasets():
+    import glob
+
+    import train
+
+    ft_sets = ["emotion6_uniemox", "fi", "ube", "caer_s", "heco", "emo8"]
+    for trainer, sets in (("UniEmoX", ft_sets), ("UniEmoXPretrain", ["emoset"])):
+        for cfg_file in sorted(glob.glob(os.path.join(ROOT, "configs/trainers", trainer, "*.yaml"))):
+            for ds in sets:
+                cfg = train.setup_cfg(train.build_parser().parse_args(
+                    ["--config-file", cfg_file, "--dataset-config-file", os.path.join(ROOT, "configs/datasets", f"{ds}.yaml")]))
+                assert cfg.TRAINER.NAME == trainer and cfg.INPUT.SIZE[0] in (32, 224)
