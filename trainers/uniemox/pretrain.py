@@ -104,7 +104,7 @@ class UniEmoXPretrain(TrainerBase):
         self.items = [d for s in p.TRAIN_PHASES for d in splits[s]]
         held = [s for s in ("test", "val") if s not in p.TRAIN_PHASES and splits[s]]
         self.held_out_split, self.held_out = (held[0], splits[held[0]]) if held else ("", [])
-        if p.CON_WEIGHT > 0 and not all(d.attrs for d in self.items):
+        if p.CON_WEIGHT > 0 and not all("scene" in d.attrs for d in self.items):
             raise ConfigError(f"L_con needs EmoSet annotations (DATASET.EMOSET.ATTRIBUTES True); dataset {dm.name} has none")
         size = int(cfg.INPUT.SIZE[0])
         mode = p.DECODE.lower()
