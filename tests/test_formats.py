@@ -305,7 +305,7 @@ def test_make_synthetic_writes_native_layouts_deterministically(tmp_path, capsys
     assert main(["--root", str(tmp_path / "a"), "--format", "emoset", *args]) == 0
     assert main(["--root", str(tmp_path / "b"), "--format", "emoset", *args]) == 0
     a, b = files(tmp_path / "a" / "EmoSet-118K"), files(tmp_path / "b" / "EmoSet-118K")
-    assert a == b and len(a) == 4 + 2 * 8 * 4  # info + 3 lists, an image and an annotation per item
+    assert a == b and len(a) == 5 + 2 * 8 * 4  # info + 3 lists + person boxes, an image and an annotation per item
     assert main(["--root", str(tmp_path / "a"), "--format", "emoset", *args]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
     assert main(["--root", str(tmp_path / "c"), "--format", "emotion6", "--dir", "E6", *args]) == 0

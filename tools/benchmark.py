@@ -10,6 +10,8 @@ RSS), and device / library versions, as a Markdown table and as JSON. ``--refere
 on the same batches and model: ``cocoop-loop`` (CoCoOp's reference algorithm: one text-encoder
 pass per image on full 77-token prompts) and ``coop-77`` (CoOp's full 77-token prompts, no
 truncation). ``--compare-cache`` times the same config with the frozen-feature cache off and on.
+``--data-path`` also times the training loader alone (reading, decoding, augmenting; no step).
+Trainers without an evaluator (``UniEmoXPretrain``) get no evaluation row.
 """
 from __future__ import annotations
 
@@ -147,6 +149,9 @@ def measure(args, extra_opts: List[str], label: str) -> List[Dict[str, Any]]:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     rows = []
+    if getattr(args, "data_path", False):
+        r = time_loop(lambda batch: None, trainer.train_loader, dev, args.steps, args.warmup)
+        rows.append({"what": f"{label} data path", **r, "peak_mem_mb": peak_memory_mb(dev)})
     if trainer.optimizers():
         trainer.set_model_mode("train")
         r = time_loop(trainer.train_step, trainer.train_loader, dev, args.steps, args.warmup)
@@ -160,6 +165,9 @@ def measure(args, extra_opts: List[str], label: str) -> List[Dict[str, Any]]:
                 torch.cuda.reset_peak_memory_stats(dev)
             r = time_loop(reference_step(trainer, kind), loader, dev, args.ref_steps, min(args.warmup, 2))
             rows.append({"what": f"{label} train, reference {kind}", **r, "peak_mem_mb": peak_memory_mb(dev)})
+    if getattr(trainer, "evaluator", None) is None:  # e.g. a pre-training trainer: nothing to classify
+        trainer.close()
+        return rows
     trainer.set_model_mode("eval")
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -201,6 +209,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--reference", nargs="*", default=[], choices=["cocoop-loop", "coop-77"])
     p.add_argument("--compare-cache", action="store_true", help="time with CACHE.FEATURES off and on")
+    p.add_argument("--data-path", action="store_true", help="also time the training loader alone")
     p.add_argument("--json", default="", help="write the results here")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args(argv)

@@ -13,7 +13,7 @@ Formats (``FORMATS``; default folder name under a dataset root in ``DEFAULT_DIRS
     class_folders      one unsplit set: <class>/*.jpg
     ldl                FlickrLDL: train/*.jpg, test/*.jpg + flickrldl_config.csv (image + 8 vote columns)
     ldl_images         images/*.jpg + twitterldl_config.csv, unsplit
-    emoset             EmoSet-118K: info.json, {train,val,test}.json, image/, annotation/
+    emoset             EmoSet-118K: info.json, {train,val,test}.json, image/, annotation/, person_boxes.json
     emotion_csv        EmoCoOp: train_data/*.jpg, test_data/*.jpg, data_csv/{train,test}_data_coco.csv
                        (filename,label; the 13 Dongba labels)
 Same settings -> identical files.
@@ -47,7 +47,7 @@ EMOSET_VOCAB = {
     "scene": ("amusement_park", "beach", "cemetery", "forest_path", "street"),
     "facial_expression": ("happy", "sad", "angry", "fear", "surprise", "disgust"),
     "human_action": ("dancing", "running", "crying", "hugging"),
-    "object": ("person", "dog", "tree", "car", "flower"),
+    "object": ("Person", "Dog", "Human face", "Alarm clock", "Flower"),  # EmoSet names, some of several words
 }
 
 
@@ -187,8 +187,23 @@ def write_ldl(out_dir: str, s: NativeSettings, split: bool = True) -> List[Recor
     return records
 
 
+def _person_box(s: NativeSettings, si: int, c: int, k: int) -> Optional[List[float]]:
+    """A person box ``[x1, y1, x2, y2, score]`` for images with a facial expression (every 3rd has none)."""
+    if k % 3 == 2:
+        return None
+    rng = np.random.default_rng([NATIVE_VERSION, s.seed, FORMATS.index("emoset"), 99, si, c, k])
+    size = s.image_size
+    w, h = (float(v) for v in rng.uniform(0.35, 0.7, size=2) * size)
+    x1, y1 = (float(v) for v in rng.uniform(0, 1, size=2) * (size - np.array([w, h])))
+    return [round(x1, 2), round(y1, 2), round(x1 + w, 2), round(y1 + h, 2), round(float(rng.uniform(0.8, 1.0)), 3)]
+
+
 def write_emoset(out_dir: str, s: NativeSettings) -> List[Record]:
-    """EmoSet-118K layout with attribute annotations (facial_expression/human_action absent for every 3rd image)."""
+    """EmoSet-118K layout with attribute annotations (facial_expression/human_action absent for every 3rd image),
+    and ``person_boxes.json`` as ``tools/detect_persons.py`` writes it (a box where a face is annotated)."""
+    from datasets.formats.person_boxes import write_person_boxes
+
+    boxes: Dict[str, Optional[List[float]]] = {}
     info: Dict[str, Any] = {}
     for key, vocab in (("emotion", MIKELS), *EMOSET_VOCAB.items()):
         info[key] = {"label2idx": {v: i for i, v in enumerate(vocab)}, "idx2label": {str(i): v for i, v in enumerate(vocab)}}
@@ -215,11 +230,13 @@ def write_emoset(out_dir: str, s: NativeSettings) -> List[Record]:
                 with open(os.path.join(out_dir, ann_rel), "w", encoding="utf-8") as f:
                     json.dump(ann, f)
                 entries.append([emo, image_id, img_rel, ann_rel])
-                records.append(Record(sp, img_rel, emo, attrs=dict(ann, image_id=image_id)))
+                boxes[img_rel] = _person_box(s, si, c, k)
+                records.append(Record(sp, img_rel, emo, attrs=dict(ann, image_id=image_id, person_box=boxes[img_rel])))
         with open(os.path.join(out_dir, f"{sp}.json"), "w", encoding="utf-8") as f:
             json.dump(entries, f)
     with open(os.path.join(out_dir, "info.json"), "w", encoding="utf-8") as f:
         json.dump(info, f)
+    write_person_boxes(os.path.join(out_dir, "person_boxes.json"), boxes, "synthetic (datasets/synthetic/native.py)", 0.8)
     return records
 
 

@@ -1,0 +1,196 @@
+"""UniEmoX fine-tuning (trainer ``UniEmoX``): a timm ViT classifier on an emotion dataset.
+
+Model: timm ``VisionTransformer`` (B/16, L/16 default, H/14, or a custom tiny one) with global
+average pooling over the patch tokens -> ``fc_norm`` -> head, stochastic depth rising linearly
+to ``DROP_PATH``; weights from ``TRAINER.UNIEMOX.INIT`` (a released fine-tuned or pre-trained
+file, an ImageNet MAE file, an EmoLab pre-training run, or ``random``; see ``checkpoints.py``).
+Training: AdamW (no decay on 1-D parameters and biases), layer-wise lr decay when
+``LAYER_DECAY_ENABLED``, per-iteration warm-up then half-cycle cosine, timm's RandAugment +
+random erasing train transform, Mixup/CutMix with label smoothing and soft-target
+cross-entropy, autocast per ``TRAIN.PRECISION``. Evaluation: top-1 (``accuracy``) and
+``top3_accuracy`` on val each epoch, the best val model kept and tested.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict
+
+import torch
+import torch.nn as nn
+
+from configs.errors import ConfigError
+from datasets import build_data_loader, build_dataset
+from trainers.engine import TrainerBase
+from trainers.evaluation import EVALUATOR_REGISTRY
+from trainers.registry import TRAINER_REGISTRY
+
+from .checkpoints import load_into_classifier, resolve_checkpoint
+from .config import effective_lr, vit_size
+from .optim import adamw, build_schedule, param_groups
+
+logger = logging.getLogger(__name__)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_vit(node, num_classes: int, img_size: int) -> nn.Module:
+    """The timm classifier described by ``TRAINER.UNIEMOX`` (random weights)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    patch, dim, depth, heads = vit_size(node, "TRAINER.UNIEMOX")
+    if img_size % patch:
+        raise ConfigError(f"INPUT.SIZE {img_size} is not a multiple of the patch size {patch}")
+    return VisionTransformer(img_size=img_size, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
+                             mlp_ratio=4.0, qkv_bias=True, num_classes=num_classes,
+                             global_pool="avg" if node.GLOBAL_POOL else "token", drop_path_rate=float(node.DROP_PATH))
+
+
+def _posterize_guard() -> None:
+    """timm's ``PosterizeIncreasing`` asks for 0 bits at magnitude 10; recent Pillow refuses that, where the
+    Pillow of the released code returned a black image. Keep that result (once per process)."""
+    import timm.data.auto_augment as aa
+    from PIL import Image
+
+    original = aa.NAME_TO_OP.get("PosterizeIncreasing")
+    if original is None or getattr(original, "emolab_guard", False):
+        return
+
+    def posterize(img, bits_to_keep, **kwargs):
+        if bits_to_keep < 1:
+            return Image.new(img.mode, img.size)
+        return original(img, bits_to_keep, **kwargs)
+
+    posterize.emolab_guard = True  # type: ignore[attr-defined]
+    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        if aa.NAME_TO_OP.get(name) is original:
+            aa.NAME_TO_OP[name] = posterize
+
+
+def finetune_transforms(cfg, is_train: bool):
+    """timm's transform: RandAugment, random erasing, bicubic crops (train); resize + centre crop (eval)."""
+    from timm.data import create_transform
+
+    u = cfg.TRAINER.UNIEMOX
+    size = int(cfg.INPUT.SIZE[0])
+    mean, std = tuple(cfg.INPUT.PIXEL_MEAN), tuple(cfg.INPUT.PIXEL_STD)
+    if not is_train:
+        return create_transform(size, is_training=False, interpolation=cfg.INPUT.INTERPOLATION,
+                                crop_pct=float(u.CROP_PCT), mean=mean, std=std)
+    _posterize_guard()
+    return create_transform(size, is_training=True, auto_augment=u.AUTO_AUGMENT or None,
+                            color_jitter=float(u.COLOR_JITTER) if not u.AUTO_AUGMENT else None,
+                            interpolation=cfg.INPUT.INTERPOLATION, re_prob=float(u.RE_PROB), re_mode=u.RE_MODE,
+                            re_count=int(u.RE_COUNT), mean=mean, std=std,
+                            scale=tuple(cfg.INPUT.RRCROP_SCALE))
+
+
+@TRAINER_REGISTRY.register()
+class UniEmoX(TrainerBase):
+    """UniEmoX fine-tuning (module docstring)."""
+
+    TASK_TARGETS = {"single_label": {"label"}}
+
+    @classmethod
+    def finalize_config(cls, cfg) -> None:
+        if not cfg.INPUT.SIZE:
+            cfg.INPUT.SIZE = (224, 224)
+
+    def node(self):
+        return self.cfg.TRAINER.UNIEMOX
+
+    # ------------------------------------------------------------------ data
+    def build_data(self) -> None:
+        cfg = self.cfg
+        self.dataset = dm = build_dataset(cfg)
+        self.task = dm.task
+        if self.task != "single_label":
+            raise ConfigError(f"UniEmoX fine-tuning needs single-label data; dataset {dm.name} is {self.task}")
+        dm.require({"label"})
+        self.classnames, self.num_classes, self.lab2cname = dm.classnames, dm.num_classes, dm.lab2cname
+        if cfg.INPUT.SIZE[0] != cfg.INPUT.SIZE[1]:
+            raise ConfigError(f"INPUT.SIZE must be square for the ViT, got {tuple(cfg.INPUT.SIZE)}")
+        self.tfm_train, self.tfm_test = finetune_transforms(cfg, True), finetune_transforms(cfg, False)
+        common = dict(num_classes=self.num_classes, num_workers=cfg.DATALOADER.NUM_WORKERS, seed=max(cfg.SEED, 0),
+                      distributed=self.world_size > 1, rank=self.rank, world_size=self.world_size,
+                      pin_memory=cfg.DATALOADER.PIN_MEMORY and self.device.type == "cuda",
+                      prefetch_factor=cfg.DATALOADER.PREFETCH_FACTOR)
+        bs = cfg.DATALOADER.TRAIN_X.BATCH_SIZE
+        if len(dm.train_x) // self.world_size < bs:
+            raise ConfigError(f"DATALOADER.TRAIN_X.BATCH_SIZE {bs} exceeds the {len(dm.train_x)} training images")
+        self.train_loader = build_data_loader(dm.train_x, self.tfm_train, bs, is_train=True, drop_last=True,
+                                              sampler=cfg.DATALOADER.TRAIN_X.SAMPLER, **common)
+        tbs = cfg.DATALOADER.TEST.BATCH_SIZE
+        self.has_val = len(dm.val) > 0
+        self.val_loader = build_data_loader(dm.val, self.tfm_test, tbs, is_train=False, **common) if self.has_val else None
+        self.test_loader = build_data_loader(dm.test, self.tfm_test, tbs, is_train=False, **common)
+        self.evaluator = EVALUATOR_REGISTRY.get("ClassificationTopK").from_config(cfg, self.classnames)
+        logger.info(f"dataset {dm.name}: {self.num_classes} classes, train {len(dm.train_x)}, val {len(dm.val)}, "
+                    f"test {len(dm.test)}")
+
+    # ------------------------------------------------------------------ model
+    def build_model(self) -> None:
+        cfg, u = self.cfg, self.node()
+        self.model = build_vit(u, self.num_classes, int(cfg.INPUT.SIZE[0]))
+        self.weights_pending = False
+        init = u.INIT.strip()
+        if init.lower() == "random":
+            logger.info("TRAINER.UNIEMOX.INIT random: the ViT starts from random weights")
+        elif init:
+            load_into_classifier(self.model, resolve_checkpoint(init, ("mae", "model")), bool(u.GLOBAL_POOL))
+        else:
+            self.weights_pending = True  # only --eval-only / resume may fill them (checked in train())
+        lr = effective_lr(cfg, u, self.world_size)
+        groups = param_groups(self.model, float(cfg.OPTIM.WEIGHT_DECAY), float(u.LAYER_DECAY), bool(u.LAYER_DECAY_ENABLED))
+        fused = bool(cfg.OPTIM.FUSED) and self.device.type == "cuda"
+        optim = adamw(groups, lr, (cfg.OPTIM.ADAM_BETA1, cfg.OPTIM.ADAM_BETA2), fused=fused)
+        sched = build_schedule(optim, lr, float(u.MIN_LR), float(cfg.OPTIM.WARMUP_EPOCH), float(cfg.OPTIM.MAX_EPOCH),
+                               len(self.train_loader))
+        logger.info(f"lr {lr:.3g} (BLR {u.BLR} x batch {cfg.DATALOADER.TRAIN_X.BATCH_SIZE} x {self.world_size} / 256), "
+                    f"layer decay {u.LAYER_DECAY if u.LAYER_DECAY_ENABLED else 'off'}, {len(groups)} parameter groups")
+        self.register_model("model", self.model, optim=optim, sched=sched)
+        self.mixup = self._build_mixup()
+        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+        if self.mixup is not None:
+            self.criterion = SoftTargetCrossEntropy()
+        elif u.SMOOTHING > 0:
+            self.criterion = LabelSmoothingCrossEntropy(smoothing=float(u.SMOOTHING))
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+
+    def _build_mixup(self):
+        u = self.node()
+        if u.MIXUP <= 0 and u.CUTMIX <= 0:
+            return None
+        from timm.data import Mixup
+
+        if self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE % 2:
+            raise ConfigError("Mixup/CutMix needs an even DATALOADER.TRAIN_X.BATCH_SIZE")
+        return Mixup(mixup_alpha=float(u.MIXUP), cutmix_alpha=float(u.CUTMIX), prob=float(u.MIXUP_PROB),
+                     switch_prob=float(u.MIXUP_SWITCH_PROB), mode=u.MIXUP_MODE, label_smoothing=float(u.SMOOTHING),
+                     num_classes=self.num_classes)
+
+    def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        images, target = batch["img"], batch["label"]
+        if self.mixup is not None:
+            images, target = self.mixup(images, target)
+        logits = self.model(images)
+        return {"loss": self.criterion(logits.float(), target)}
+
+    # ------------------------------------------------------------------ weights
+    def load_model(self, directory: str, epoch=None) -> None:
+        """``--model-dir``: an EmoLab run folder, or any single checkpoint file (released fine-tuned files)."""
+        if os.path.isfile(directory):
+            load_into_classifier(self.model_without_ddp, directory, bool(self.node().GLOBAL_POOL))
+        else:
+            super().load_model(directory, epoch)
+        self.weights_pending = False
+
+    def train(self) -> Dict[str, float]:
+        resume_dir = self.cfg.RESUME or self.output_dir
+        resumable = os.path.isfile(os.path.join(resume_dir, "model", "checkpoint"))
+        if self.weights_pending and not resumable:
+            raise ConfigError("TRAINER.UNIEMOX.INIT is empty: give a pre-trained or fine-tuned checkpoint "
+                              "(file or run folder), or 'random' to start from random weights")
+        return super().train()
