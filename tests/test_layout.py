@@ -24,7 +24,7 @@ ALLOWED = {
     "trainers": {"configs", "clip", "datasets"},
 }
 SHARED_ROLES = ("trainers.engine", "trainers.evaluation", "trainers.components", "trainers.registry")
-METHOD_PACKAGES = ("clip_prompting", "emocoop", "cnn", "ewmtcnn", "va", "vega")
+METHOD_PACKAGES = ("clip_prompting", "emocoop", "cnn", "ewmtcnn", "va", "vega", "uniemox")
 
 
 def module_name(path: Path) -> str:
