@@ -99,8 +99,8 @@ class CNNTrainerBase(TrainerBase):
     def node(self):
         return self.cfg.TRAINER[self.NODE]
 
-    def build_backbone(self) -> CNNBackbone:
-        return build_backbone_from_config(self.cfg)
+    def build_backbone(self, weights_from_checkpoint: bool = False) -> CNNBackbone:
+        return build_backbone_from_config(self.cfg, weights_from_checkpoint=weights_from_checkpoint)
 
     def register_cnn(self, name: str, model: nn.Module, backbone: CNNBackbone, heads: Sequence[nn.Module]) -> None:
         """Register ``model`` with an optimiser over two groups: backbone and heads (``param_groups``)."""
