@@ -132,7 +132,8 @@ def where_to_put(arch: str) -> str:
     fname = openai_filename(arch, cfg)
     url = cfg.get("url", "")
     return (f"put OpenAI's {fname}" + (f" ({url})" if url else "")
-            + f" in ~/.cache/clip/ or in the folder named by $EMOLAB_CLIP_DIR")
+            + " in ~/.cache/clip/ or in the folder named by $EMOLAB_CLIP_DIR, or set MODEL.BACKBONE.PRETRAINED "
+            "to a weight file ('random' for random weights)")
 
 
 def resolve_pretrained(name: str, pretrained: str) -> Resolved:
@@ -169,9 +170,16 @@ def resolve_pretrained(name: str, pretrained: str) -> Resolved:
     from .loading import _download
 
     logger.info(f"CLIP {name}: OpenAI's weights not found locally; downloading them with open_clip")
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # the error below says it all, in one line
     try:
         path = _download(arch, "openai", cfg)
     except CheckpointError as exc:
+        reason = str(exc).split(": ", 1)[-1]
+        reason = reason if len(reason) <= 90 else reason[:87] + "..."
         raise CheckpointError(f"CLIP {name} needs OpenAI's weights, none found locally and the download failed "
-                              f"({str(exc).split(': ', 1)[-1]}): {hint}") from None
+                              f"({reason}): {hint}") from None
+    finally:
+        hub_logger.setLevel(level)
     return Resolved(path, f"OpenAI's weights (downloaded to {path})", quick_gelu=bool(cfg.get("quick_gelu", True)))
