@@ -4,7 +4,10 @@ Formats are told apart by content, not by extension:
 
 * safetensors (8-byte header length, then a JSON header);
 * TorchScript archives as OpenAI distributes them (a zip with ``code/`` and ``constants.pkl``):
-  ``torch.jit.load(map_location="cpu").state_dict()``;
+  read WITHOUT ``torch.jit.load`` (which compiles the archive's code and runs its
+  ``__setstate__`` methods): ``data.pkl`` is unpickled by ``configs.safe_unpickle`` (tensors from
+  the raw storage bytes, the scripted module classes as inert stubs, anything else refused) and
+  the parameters and buffers each class declares in its ``code/`` entry become the state dict;
 * ``torch.save`` pickles (zip or legacy), read with ``weights_only=True``: a plain state dict,
   or ``{"state_dict": ...}``; ``module.`` prefixes (DataParallel / DDP) are removed.
 
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,16 +96,62 @@ def _sniff(path: str) -> str:
     return "pickle"
 
 
+_CLASS_RE = re.compile(r"^class (\w+)\(Module\):\n((?:  .*\n)*)", re.M)
+_NAMES_RE = re.compile(r"^  __(parameters|buffers)__ = \[(.*?)\]", re.M)
+
+
+def _declared_tensors(path: str, names: List[str]) -> Dict[str, set]:
+    """``{"__torch__.pkg.mod.Class": {parameter and buffer names}}`` from a TorchScript archive's code."""
+    out: Dict[str, set] = {}
+    with zipfile.ZipFile(path) as zf:
+        for member in names:
+            marker = "/code/__torch__/"
+            if marker not in member or not member.endswith(".py"):
+                continue
+            module = "__torch__." + member.split(marker, 1)[1][: -len(".py")].replace("/", ".")
+            text = zf.read(member).decode("utf-8", errors="replace")
+            for m in _CLASS_RE.finditer(text):
+                declared = set()
+                for kind in _NAMES_RE.finditer(m.group(2)):
+                    declared |= set(re.findall(r'"([^"]+)"', kind.group(2)))
+                out[f"{module}.{m.group(1)}"] = declared
+    return out
+
+
+def read_torchscript_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """The parameters and buffers of the TorchScript module in ``path``, without running its code.
+
+    A tensor attribute counts when its class declares it in ``__parameters__`` / ``__buffers__``
+    (all tensor attributes when the class's code entry is missing).
+    """
+    from configs.safe_unpickle import Stub, allow_patterns, read_torch_zip
+
+    root, names = read_torch_zip(path, allow_patterns(["__torch__.*"]), what="CLIP checkpoint")
+    if not isinstance(root, Stub):
+        raise CheckpointError(f"CLIP checkpoint {path} is a TorchScript archive without a module")
+    declared = _declared_tensors(path, names)
+    state: Dict[str, torch.Tensor] = {}
+    todo = [("", root)]
+    while todo:
+        prefix, obj = todo.pop()
+        attrs = obj.state if isinstance(obj.state, dict) else {}
+        wanted = declared.get(obj.qualname)
+        for key, value in attrs.items():
+            if isinstance(value, torch.Tensor) and (wanted is None or key in wanted):
+                state[prefix + key] = value
+            elif isinstance(value, Stub):
+                todo.append((f"{prefix}{key}.", value))
+    return state
+
+
 def _read_raw(path: str, kind: str) -> object:
+    if kind == "torchscript":
+        return read_torchscript_state_dict(path)  # one-line "cannot read CLIP checkpoint <path>: ..." errors
     try:
         if kind == "safetensors":
             from safetensors.torch import load_file
 
             return load_file(path, device="cpu")
-        if kind == "torchscript":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in torch >= 2.9
-                return torch.jit.load(path, map_location="cpu").state_dict()
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
         raise CheckpointError(f"could not read CLIP checkpoint {path}: {_one_line(exc)}") from None

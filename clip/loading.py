@@ -86,7 +86,9 @@ def load_clip(
     Args:
         name: an open_clip architecture (``ViT-B-16``), an OpenAI spelling (``ViT-B/16``,
             ``RN50``), or a project architecture from ``configs/clip_models/`` (``emolab-tiny-vit``).
-        pretrained: ``""`` for random weights (nothing is downloaded); a local file (OpenAI
+        pretrained: ``""`` or ``"random"`` for random weights (nothing is downloaded; this is the
+            low-level builder: configs resolve ``""`` to real weights first, see
+            ``clip/pretrained.py``); a local file (OpenAI
             TorchScript archive or state dict, open_clip state dict or ``{"state_dict": ...}``,
             safetensors; relative paths are also tried from the repository root); or an
             open_clip pretrained tag such as ``openai`` / ``laion2b_s34b_b88k`` (downloaded).
@@ -109,6 +111,8 @@ def load_clip(
     preprocess: Dict[str, Any] = {}
     tag_quick_gelu = False
     pretrained = (pretrained or "").strip()
+    if pretrained.lower() == "random":
+        pretrained = ""
     if pretrained:
         path = find_checkpoint(pretrained, REPO_ROOT)
         if path is None and looks_like_path(pretrained):
@@ -130,7 +134,7 @@ def load_clip(
     if weights is not None:
         load_weights(model, weights, arch)
     else:
-        logger.info("CLIP %s built with random weights", arch)
+        logger.warning("CLIP %s built with RANDOM weights", arch)
     model = model.float().to(device).eval()
     for param in model.parameters():
         param.requires_grad_(False)

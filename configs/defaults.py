@@ -88,13 +88,13 @@ def get_cfg_default() -> CN:
     _C.OPTIM.ADAM_BETA1 = 0.9  # adam(w) beta1
     _C.OPTIM.ADAM_BETA2 = 0.999  # adam(w) beta2
     _C.OPTIM.LR_SCHEDULER = "single_step"  # cosine | single_step | multi_step | constant
-    _C.OPTIM.STEPSIZE = (-1,)  # step size(s) in epochs for single/multi step
+    _C.OPTIM.STEPSIZE = (-1,)  # step size(s) in epochs for single/multi step (<= 0 = MAX_EPOCH, as Dassl)
     _C.OPTIM.GAMMA = 0.1  # step decay factor
     _C.OPTIM.MAX_EPOCH = 10  # number of training epochs
     _C.OPTIM.WARMUP_EPOCH = -1  # warm-up epochs (<= 0: none)
     _C.OPTIM.WARMUP_TYPE = "linear"  # constant | linear
     _C.OPTIM.WARMUP_CONS_LR = 1e-5  # lr during constant warm-up
-    _C.OPTIM.WARMUP_MIN_LR = 1e-5  # start lr of linear warm-up
+    _C.OPTIM.WARMUP_MIN_LR = 1e-5  # lr of the first linear warm-up epoch (then base_lr * e / WARMUP_EPOCH)
     _C.OPTIM.WARMUP_RECOUNT = True  # kept for Dassl compatibility (the schedule restarts after warm-up)
     _C.OPTIM.STEP_PER_ITER = False  # step the LR schedule every iteration instead of every epoch
     _C.OPTIM.MAX_GRAD_NORM = 0.0  # clip gradients to this norm (0 = off)

@@ -1,15 +1,15 @@
-"""Fast image path: decode and resize every image once, augment batches on the device.
+"""Fast image path: decode every image once, run the configured transform on the device.
 
 For trainers that train through the image encoder (visual prompts, CNN fine-tuning) JPEG/PNG
-decoding and PIL resizing dominate a CPU data pipeline. :class:`DecodedImageLoader` decodes
-each image once (resize of the shorter side to the input size with the configured
-interpolation, centre crop) into a uint8 tensor [N, 3, H, W] held in memory (optionally on the
-GPU) or saved to disk, then builds batches with one gather and applies ``random_flip``,
-``random_resized_crop`` (``torchvision.ops.roi_align`` per sample) and ``normalize`` on the
-device. Random draws come from a generator seeded by (seed, epoch), so an epoch is reproducible.
-Other transform names are not supported here: :func:`device_ops` returns None and the trainer
-keeps the PIL loader. The crop is taken from the decoded (already resized) image, so it matches
-the PIL pipeline in distribution, not pixel for pixel.
+decoding dominates a CPU data pipeline. :func:`decode_all` decodes each image once, at its
+original size and aspect ratio, into one flat uint8 buffer with per-image offsets and sizes
+(:class:`DecodedImages`), held in memory (optionally on the GPU) or saved to disk.
+:class:`DecodedImageLoader` then builds batches by running **the same transform object as the PIL
+loader** (``datasets/transforms.py``, ``torchvision.transforms.v2``) on each decoded image where it
+lives, seeded per sample exactly as the PIL loader seeds it (``loader.view_seed``). The transform
+therefore sees the same input (the full image, not a pre-cropped square) and draws the same
+parameters, so for a given seed the two paths give the same crops and flips; on the CPU the
+pixels are identical, on a GPU they differ only by interpolation rounding.
 """
 from __future__ import annotations
 
@@ -17,74 +17,106 @@ import hashlib
 import logging
 import math
 import os
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
-from configs.fileio import atomic_torch_save
+from configs.fileio import atomic_torch_save, safe_torch_load
 
 from .base import Datum
-from .loader import read_image, stack_targets
+from .loader import apply_transform, read_image, stack_targets, view_seed
 
 logger = logging.getLogger(__name__)
-DEVICE_OPS = ("random_flip", "random_resized_crop", "normalize", "center_crop", "resize")
-PIL_INTERP = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
-def device_ops(names: Sequence[str]) -> Optional[List[str]]:
-    """The device-side ops for transform ``names``, or None if one is not supported on the device."""
-    names = list(names)
-    if any(n not in DEVICE_OPS for n in names):
-        return None
-    return [n for n in ("random_resized_crop", "random_flip", "normalize") if n in names]
+@dataclass
+class DecodedImages:
+    """Decoded images of a split: ``data`` uint8 [sum 3*h*w], ``offsets`` int64 [N], ``sizes`` int64 [N, 2] (h, w)."""
+
+    data: torch.Tensor
+    offsets: torch.Tensor
+    sizes: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def image(self, i: int) -> torch.Tensor:
+        """Image ``i`` as uint8 [3, h, w] (a view of ``data``, on its device)."""
+        h, w = (int(x) for x in self.sizes[i])
+        off = int(self.offsets[i])
+        return self.data[off : off + 3 * h * w].view(3, h, w)
+
+    def to(self, device: torch.device) -> "DecodedImages":
+        return DecodedImages(self.data.to(device), self.offsets, self.sizes)
+
+    def pin_memory(self) -> "DecodedImages":
+        return DecodedImages(self.data.pin_memory(), self.offsets, self.sizes)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.numel())
 
 
-def decode(path: str, size: Tuple[int, int], interpolation: str) -> np.ndarray:
-    """uint8 [3, H, W]: shorter side resized to max(size), centre-cropped to size."""
-    img = read_image(path)
-    h, w = size
-    scale = max(h, w) / min(img.size)
-    img = img.resize((max(w, round(img.size[0] * scale)), max(h, round(img.size[1] * scale))), PIL_INTERP[interpolation])
-    left, top = (img.size[0] - w) // 2, (img.size[1] - h) // 2
-    return np.asarray(img.crop((left, top, left + w, top + h)), dtype=np.uint8).transpose(2, 0, 1)
+def decode(path: str) -> np.ndarray:
+    """uint8 [3, H, W]: the image as the PIL loader reads it (RGB, original size)."""
+    return np.asarray(read_image(path), dtype=np.uint8).transpose(2, 0, 1)
 
 
-def decode_all(data: Sequence[Datum], size: Tuple[int, int], interpolation: str, cache_dir: str = "") -> torch.Tensor:
-    """uint8 [N, 3, H, W] for ``data``; with ``cache_dir``, kept on disk keyed by files and settings."""
+def decoded_bytes(data: Sequence[Datum]) -> int:
+    """Bytes the decoded images of ``data`` take (from the image headers; nothing is decoded)."""
+    total = 0
+    for d in data:
+        with Image.open(d.impath) as img:
+            w, h = img.size
+        total += 3 * w * h
+    return total
+
+
+def decode_all(data: Sequence[Datum], cache_dir: str = "") -> DecodedImages:
+    """:class:`DecodedImages` for ``data``; with ``cache_dir``, kept on disk keyed by the files."""
     path = ""
     if cache_dir:
-        h = hashlib.sha1(f"{size}{interpolation}".encode())
+        h = hashlib.sha1(b"decoded-v2-original-size")
         for d in data:
             st = os.stat(d.impath)
             h.update(f"{d.impath}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         path = os.path.join(cache_dir, f"decoded_{h.hexdigest()[:20]}.pt")
         if os.path.isfile(path):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    out = torch.from_numpy(np.stack([decode(d.impath, size, interpolation) for d in data]))
+            obj = safe_torch_load(path, "decoded-image cache")
+            return DecodedImages(obj["data"], obj["offsets"], obj["sizes"])
+    arrays = [decode(d.impath) for d in data]
+    sizes = torch.tensor([a.shape[1:] for a in arrays], dtype=torch.int64).reshape(-1, 2)
+    counts = torch.tensor([a.size for a in arrays], dtype=torch.int64)
+    offsets = torch.cumsum(counts, 0) - counts
+    flat = torch.from_numpy(np.concatenate([a.reshape(-1) for a in arrays])) if arrays else torch.zeros(0, dtype=torch.uint8)
+    out = DecodedImages(flat, offsets, sizes)
     if path:
-        atomic_torch_save(out, path)
+        atomic_torch_save({"data": out.data, "offsets": out.offsets, "sizes": out.sizes}, path)
     return out
 
 
 class DecodedImageLoader:
-    """Batches ``{"img", "index", targets...}`` from decoded uint8 images, augmented on ``device``.
+    """Batches ``{"img", "index", "impath", targets...}`` from decoded images, transformed on ``device``.
 
-    Follows ``sampler`` (the PIL loader's sampler: same order and sharding) and mirrors the
-    DataLoader attributes the engine uses (``sampler``, ``batch_size``, ``drop_last``, ``len``).
+    Follows ``sampler`` (the PIL loader's sampler: same order, sharding and ``(index, epoch)`` keys)
+    and mirrors the DataLoader attributes the engine uses (``sampler``, ``batch_size``,
+    ``drop_last``, ``len``). ``transform`` is the PIL loader's transform; a sample with an epoch
+    key is seeded with ``view_seed(seed, epoch, index)`` as :class:`DatasetWrapper` seeds it.
     """
 
     def __init__(
-        self, images: torch.Tensor, data: Sequence[Datum], num_classes: int, ops: List[str],
-        mean: Sequence[float], std: Sequence[float], rrcrop_scale: Tuple[float, float], batch_size: int,
-        sampler: Any, drop_last: bool, device: torch.device, seed: int = 0, on_device: bool = True,
+        self, images: DecodedImages, data: Sequence[Datum], num_classes: int, transform: Callable,
+        batch_size: int, sampler: Any, drop_last: bool, device: torch.device, seed: int = 0, on_device: bool = True,
     ) -> None:
-        self.images = images.to(device) if on_device else (images.pin_memory() if device.type == "cuda" else images)
-        self.device, self.ops, self.seed = device, ops, seed
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
-        self.scale = rrcrop_scale
+        if on_device:
+            images = images.to(device)
+        elif device.type == "cuda":
+            images = images.pin_memory()
+        self.images, self.transform = images, transform
+        self.device, self.seed = device, seed
         self.batch_size, self.sampler, self.drop_last = batch_size, sampler, drop_last
         self.impaths = [d.impath for d in data]
         self.targets = {k: v.to(device) for k, v in stack_targets(data, num_classes).items()}
@@ -93,42 +125,24 @@ class DecodedImageLoader:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def _crop_boxes(self, b: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
-        """Random-resized-crop boxes [b, 5] (batch index, x1, y1, x2, y2), ratio in [3/4, 4/3]."""
-        area = torch.empty(b).uniform_(*self.scale, generator=g) * h * w
-        logr = torch.empty(b).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g)
-        ratio = torch.exp(logr)
-        cw = torch.sqrt(area * ratio).clamp(1, w)
-        ch = torch.sqrt(area / ratio).clamp(1, h)
-        x1 = torch.rand(b, generator=g) * (w - cw)
-        y1 = torch.rand(b, generator=g) * (h - ch)
-        return torch.stack([torch.arange(b, dtype=torch.float32), x1, y1, x1 + cw, y1 + ch], dim=1)
-
-    def augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """uint8 [B, 3, H, W] -> float [B, 3, H, W] with the configured device ops."""
-        x = x.to(self.device, non_blocking=True).float().div_(255.0)
-        b, _, h, w = x.shape
-        if "random_resized_crop" in self.ops:
-            from torchvision.ops import roi_align
-
-            boxes = self._crop_boxes(b, h, w, g).to(self.device)
-            x = roi_align(x, boxes, output_size=(h, w), spatial_scale=1.0, sampling_ratio=2, aligned=True)
-        if "random_flip" in self.ops:
-            flip = (torch.rand(b, generator=g) < 0.5).to(self.device).view(b, 1, 1, 1)
-            x = torch.where(flip, x.flip(-1), x)
-        if "normalize" in self.ops:
-            x = (x - self.mean) / self.std
-        return x
+    def sample(self, key: Any) -> Tuple[int, torch.Tensor]:
+        """(index, transformed image [3, H, W] on the device) for a sampler key."""
+        idx, epoch = key if isinstance(key, tuple) else (key, None)
+        img = self.images.image(idx).to(self.device, non_blocking=True)
+        seed = None if epoch is None else view_seed(self.seed, epoch, idx)
+        return idx, apply_transform(self.transform, img, seed)
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         keys = list(iter(self.sampler))
-        epoch = keys[0][1] if keys and isinstance(keys[0], tuple) else 0
-        index = torch.tensor([k[0] if isinstance(k, tuple) else k for k in keys], dtype=torch.long)
-        g = torch.Generator()
-        g.manual_seed(self.seed * 1_000_003 + epoch)
         for bi in range(len(self)):
-            idx = index[bi * self.batch_size : (bi + 1) * self.batch_size]
+            chunk = keys[bi * self.batch_size : (bi + 1) * self.batch_size]
+            idx_list, imgs = zip(*(self.sample(k) for k in chunk))
+            idx = torch.tensor(idx_list, dtype=torch.long)
             idx_dev = idx.to(self.device, non_blocking=True)
-            src = self.images[idx_dev] if self.images.device == self.device else self.images[idx]
-            yield {"img": self.augment(src, g), "index": idx_dev, "impath": [self.impaths[i] for i in idx.tolist()],
+            yield {"img": torch.stack(imgs), "index": idx_dev, "impath": [self.impaths[i] for i in idx_list],
                    **{k: v[idx_dev] for k, v in self.targets.items()}}
+
+
+def describe(images: List[DecodedImages]) -> str:
+    total = sum(im.nbytes for im in images)
+    return f"{sum(len(im) for im in images)} images, {total / 2**20:.1f} MiB"

@@ -61,16 +61,21 @@ def view_seed(seed: int, epoch: int, idx: int) -> int:
     return (seed * 1_000_003 + epoch) * 10_000_019 + idx
 
 
-def apply_transform(transform: Optional[Callable], img: Image.Image, seed: Optional[int] = None) -> torch.Tensor:
-    """``transform(img)``; with ``seed``, its random draws come from ``torch.manual_seed(seed)``
-    (the global RNG is restored afterwards), so an augmented view is reproducible."""
+def apply_transform(transform: Optional[Callable], img: Any, seed: Optional[int] = None) -> torch.Tensor:
+    """``transform(img)`` for a PIL image or a uint8 tensor [3, H, W] (any device); with ``seed``,
+    its random draws come from ``torch.manual_seed(seed)`` (the global CPU RNG is restored
+    afterwards), so an augmented view is reproducible and the same for both inputs."""
     if transform is None:
+        if isinstance(img, torch.Tensor):
+            return img.float() / 255.0
         return torch.from_numpy(np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0)
     if seed is None:
-        return transform(img)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return transform(img)
+        out = transform(img)
+    else:
+        with torch.random.fork_rng(devices=[]):  # transforms draw their parameters on the CPU generator
+            torch.manual_seed(seed)
+            out = transform(img)
+    return out.as_subclass(torch.Tensor) if isinstance(out, torch.Tensor) else out
 
 
 def stack_targets(data: Sequence[Datum], num_classes: int) -> Dict[str, torch.Tensor]:

@@ -1,9 +1,14 @@
-"""Image transforms from ``cfg.INPUT`` (Dassl transform names).
+"""Image transforms from ``cfg.INPUT`` (Dassl transform names), one definition for every data path.
 
-The pipeline order is fixed whatever the order of the names: geometry (one of
+The pipeline is built from ``torchvision.transforms.v2`` and starts with ``ToImage``: a PIL image
+(the PIL loader) and a decoded uint8 tensor [3, H, W] (the decoded-image cache, on the CPU or the
+GPU) go through exactly the same ops, with the same random draws for the same seed (the ops draw
+their parameters from torch's CPU generator whatever the device), so a method's training data does
+not depend on the loader, the cache or the device.
+
+The order is fixed whatever the order of the names: to-image (uint8), geometry (one of
 random_resized_crop / random_crop / center_crop / resize), random_flip, colorjitter,
-randomgrayscale, gaussian_blur, to-tensor, normalize. Output: FloatTensor[3, H, W] in [0, 1]
-(then normalised when "normalize" is listed).
+randomgrayscale, gaussian_blur, to-float in [0, 1], normalize. Output: FloatTensor[3, H, W].
 """
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, Tuple
 
-import torchvision.transforms as T
+import torch
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
 
 from configs.errors import ConfigError
 from configs.registry import closest
@@ -76,21 +82,21 @@ def check_names(names: Sequence[str], key: str) -> None:
 
 
 def compose(names: Sequence[str], s: TransformSettings) -> Callable:
-    """A ``torchvision`` Compose for the transform ``names`` (see the module docstring for order)."""
+    """A ``torchvision.transforms.v2`` Compose for the transform ``names`` (module docstring for the order)."""
     if s.interpolation not in INTERPOLATIONS:
         hint = closest(s.interpolation, list(INTERPOLATIONS))
         raise ConfigError(f"unknown INPUT.INTERPOLATION {s.interpolation!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
     interp = INTERPOLATIONS[s.interpolation]
     names = set(names)
-    tfms: list = []
+    tfms: list = [T.ToImage()]  # PIL image or uint8 tensor -> uint8 image tensor: every path starts here
     if "random_resized_crop" in names:
-        tfms.append(T.RandomResizedCrop(s.size, scale=s.rrcrop_scale, interpolation=interp))
+        tfms.append(T.RandomResizedCrop(s.size, scale=s.rrcrop_scale, interpolation=interp, antialias=True))
     elif "random_crop" in names:
-        tfms += [T.Resize(s.size, interpolation=interp), T.RandomCrop(s.size, padding=s.crop_padding)]
+        tfms += [T.Resize(s.size, interpolation=interp, antialias=True), T.RandomCrop(s.size, padding=s.crop_padding)]
     elif "center_crop" in names:
-        tfms += [T.Resize(max(s.size), interpolation=interp), T.CenterCrop(s.size)]
+        tfms += [T.Resize(max(s.size), interpolation=interp, antialias=True), T.CenterCrop(s.size)]
     else:
-        tfms.append(T.Resize(s.size, interpolation=interp))
+        tfms.append(T.Resize(s.size, interpolation=interp, antialias=True))
     if "random_flip" in names:
         tfms.append(T.RandomHorizontalFlip())
     if "colorjitter" in names:
@@ -101,14 +107,14 @@ def compose(names: Sequence[str], s: TransformSettings) -> Callable:
     if "gaussian_blur" in names:
         k = s.gb_k if s.gb_k % 2 == 1 else s.gb_k + 1
         tfms.append(T.RandomApply([T.GaussianBlur(k)], p=s.gb_p))
-    tfms.append(T.ToTensor())
+    tfms.append(T.ToDtype(torch.float32, scale=True))
     if "normalize" in names:
-        tfms.append(T.Normalize(mean=s.mean, std=s.std))
+        tfms.append(T.Normalize(mean=list(s.mean), std=list(s.std)))
     return T.Compose(tfms)
 
 
 def build_transform(cfg: Any, is_train: bool) -> Callable:
-    """The train or test transform of ``cfg.INPUT``: PIL image -> FloatTensor[3, H, W].
+    """The train or test transform of ``cfg.INPUT``: PIL image or uint8 tensor -> FloatTensor[3, H, W].
 
     Train: INPUT.TRANSFORMS. Test: INPUT.TEST_TRANSFORMS, or when empty resize (shorter side to
     max(SIZE)) + center crop, plus normalize if "normalize" is in INPUT.TRANSFORMS.
@@ -123,7 +129,7 @@ def build_transform(cfg: Any, is_train: bool) -> Callable:
     check_names(test_names, "INPUT.TEST_TRANSFORMS")
     if cfg.INPUT.NO_TRANSFORM:
         logger.info("INPUT.NO_TRANSFORM: images are only converted to tensors")
-        return T.Compose([T.ToTensor()])
+        return T.Compose([T.ToImage(), T.ToDtype(torch.float32, scale=True)])
     settings = TransformSettings.from_config(cfg)
     if is_train:
         return compose(train_names, settings)

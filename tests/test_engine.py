@@ -41,7 +41,7 @@ def test_linear_warmup_then_multistep():
     lrs = _lrs(["OPTIM.LR", "0.1", "OPTIM.LR_SCHEDULER", "multi_step", "OPTIM.STEPSIZE", "(2, 3)",
                 "OPTIM.WARMUP_EPOCH", "2", "OPTIM.WARMUP_TYPE", "linear", "OPTIM.WARMUP_MIN_LR", "0.01",
                 "OPTIM.MAX_EPOCH", "7"], 7)
-    assert lrs == pytest.approx([0.01, 0.055, 0.1, 0.1, 0.01, 0.001, 0.001])
+    assert lrs == pytest.approx([0.01, 0.05, 0.1, 0.1, 0.01, 0.001, 0.001])  # Dassl: base_lr * e / WARMUP_EPOCH
 
 
 def test_single_step_and_per_iteration_schedule():

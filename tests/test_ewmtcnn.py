@@ -203,7 +203,8 @@ def emotion6_root(tmp_path_factory):
 def _ew_args(root, out, *opts):
     return ["--root", root, "--seed", "1", "--output-dir", str(out), "--dataset-config-file", E6_DATA_CFG,
             "--config-file", EW_CFG, "MODEL.BACKBONE.NAME", "resnet18", "MODEL.CNN.HEAD_LR_STAGES", "()",
-            "INPUT.SIZE", "(32, 32)", "OPTIM.MAX_EPOCH", "1", "DATALOADER.NUM_WORKERS", "0", "VERBOSE", "False", *opts]
+            "INPUT.SIZE", "(32, 32)", "OPTIM.MAX_EPOCH", "1", "DATALOADER.NUM_WORKERS", "0", "VERBOSE", "False",
+            "MODEL.BACKBONE.PRETRAINED", "random", *opts]
 
 
 @pytest.mark.parametrize("init,trainable,freeze", [

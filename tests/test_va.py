@@ -135,14 +135,15 @@ class _FakeTrainer:
 def test_early_stopping_counts_evaluations_without_improvement():
     hook = EarlyStoppingHook("valence_mse", patience=2, mode="min")
     hook.trainer = t = _FakeTrainer()
-    for value, stop in ((3.0, False), (2.0, False), (2.5, False), (2.1, True)):
+    # as the released code: stop when MORE than `patience` evaluations in a row did not improve
+    for value, stop in ((3.0, False), (2.0, False), (2.5, False), (2.1, False), (2.2, True)):
         t.last_val = {"valence_mse": value}
         hook.after_epoch()
         assert t.stop_training is stop
-    assert hook.state_dict() == {"best": 2.0, "bad": 2}
+    assert hook.state_dict() == {"best": 2.0, "bad": 3}
     t.last_val = None  # no validation this epoch: nothing counted
     hook.after_epoch()
-    assert hook.bad == 2
+    assert hook.bad == 3
 
 
 def _va_args(data_root, out, *opts):
@@ -156,13 +157,13 @@ def _state(out):
 
 
 def test_four_frameworks_from_the_cli(tmp_path, data_root, lexicon_file):
-    s1 = tmp_path / "one_stage_single"  # early stopping: nothing improves by 100, so stop after epoch 2 of 3
-    assert run_cli(_va_args(data_root, s1, "OPTIM.MAX_EPOCH", "3", "TRAINER.VA.EARLY_STOP_PATIENCE", "1",
+    s1 = tmp_path / "one_stage_single"  # nothing improves by 100: more than 1 bad evaluation = stop after epoch 3 of 4
+    assert run_cli(_va_args(data_root, s1, "OPTIM.MAX_EPOCH", "4", "TRAINER.VA.EARLY_STOP_PATIENCE", "1",
                             "TRAINER.VA.EARLY_STOP_MIN_DELTA", "100")) == 0
     log = (s1 / "log.txt").read_text()
-    assert "early stopping: val valence_pearson_r has not improved for 1 evaluations" in log
-    assert "training stopped after epoch 2" in log
-    assert [r["epoch"] for r in read_metrics(str(s1)) if r["split"] == "train"] == [1, 2]
+    assert "early stopping: val valence_pearson_r has not improved for 2 evaluations" in log
+    assert "training stopped after epoch 3" in log
+    assert [r["epoch"] for r in read_metrics(str(s1)) if r["split"] == "train"] == [1, 2, 3]
     res = final_test(str(s1))
     assert {"valence_pearson_r", "valence_pearson_p", "arousal_ccc", "valence_mae", "va_class_accuracy"} <= set(res)
 

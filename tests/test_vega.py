@@ -320,9 +320,10 @@ def test_early_stopping_counts_evaluations_without_a_new_best():
     t = SimpleNamespace(stop_training=False, evaluator=SimpleNamespace(main_metric="weighted_f1"))
     hook = EarlyStoppingHook(2)
     hook.trainer = t
-    # (validated this epoch, new best) -> stop after the hook?
-    for validated, best, stop in [(True, True, False), (True, False, False), (False, False, False), (True, False, True)]:
+    # (validated this epoch, new best) -> stop after the hook? (released: more than `patience` bad epochs)
+    for validated, best, stop in [(True, True, False), (True, False, False), (False, False, False),
+                                  (True, False, False), (True, False, True)]:
         t.last_val, t.is_best = ({"weighted_f1": 1.0} if validated else None), best
         hook.after_epoch()
         assert t.stop_training == stop
-    assert hook.state_dict() == {"bad_epochs": 2}
+    assert hook.state_dict() == {"bad_epochs": 3}

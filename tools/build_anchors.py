@@ -154,7 +154,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="anchor class TARGET uses images of class SOURCE")
     ap.add_argument("--backbone", default="emolab-tiny-vit", help="CLIP architecture (default: emolab-tiny-vit)")
     ap.add_argument("--pretrained", default="",
-                    help="weights: '' = shipped weights of project models, a file, or an open_clip tag")
+                    help="weights: '' = shipped weights of project models, else OpenAI's (local caches or a "
+                         "download; see README), a file, an open_clip tag, or 'random'")
     ap.add_argument("--max-per-class", type=int, default=0, help="use at most N images per class (seeded sample; 0 = all)")
     ap.add_argument("--seed", type=int, default=0, help="seed of --max-per-class sampling")
     ap.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
@@ -162,13 +163,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        from clip import load_clip
-        from trainers.clip_prompting.base import resolve_pretrained
+        from trainers.clip_prompting.base import load_configured_clip
 
         found = images_from_dir(args.image_dir) if args.image_dir else images_from_list(args.image_list, args.split)
         images = assign_classes(found, args.classes, parse_map(args.map), args.max_per_class, args.seed)
-        weights = resolve_pretrained(args.backbone, args.pretrained)
-        clip = load_clip(args.backbone, pretrained=weights, device=torch.device(args.device)).eval()
+        clip = load_configured_clip(args.backbone, args.pretrained, torch.device(args.device)).eval()
         anchors = build_anchor_set(clip, images, args.batch_size)
         save_anchors(anchors, args.output)
     except EmoLabError as e:

@@ -26,19 +26,22 @@ def default_weights(name: str) -> str:
 
 
 def resolve_pretrained(name: str, pretrained: str) -> str:
-    """``""`` -> the shipped weights for project architectures, else random init (with a warning);
-    ``"random"`` -> random init; anything else is passed to ``clip.load_clip``."""
-    if pretrained == "random":
-        return ""
-    if pretrained:
-        return pretrained
-    shipped = default_weights(name)
-    if shipped:
-        return shipped
-    logger.warning(
-        f"CLIP {name} has RANDOM weights: set MODEL.BACKBONE.PRETRAINED to a checkpoint file or an open_clip tag"
-    )
-    return ""
+    """What ``clip.load_clip`` gets for ``MODEL.BACKBONE.PRETRAINED`` (``clip/pretrained.py``):
+    ``""`` -> shipped weights, else OpenAI's (local caches, else a download, else a one-line
+    error); ``"random"`` -> random init (logged); anything else as given."""
+    from clip.pretrained import resolve_pretrained as resolve
+
+    return resolve(name, pretrained).value
+
+
+def load_configured_clip(name: str, pretrained: str, device):
+    """``clip.load_clip`` with ``pretrained`` resolved as in :func:`resolve_pretrained`; logs the source."""
+    from clip import load_clip
+    from clip.pretrained import resolve_pretrained as resolve
+
+    res = resolve(name, pretrained)
+    logger.info(f"loading CLIP {name} with {res.source}")
+    return load_clip(name, pretrained=res.value, device=device, quick_gelu=res.quick_gelu)
 
 
 def backbone_image_size(name: str) -> int:
@@ -54,15 +57,11 @@ def backbone_image_size(name: str) -> int:
 
 
 def build_clip_backbone(cfg, device: torch.device):
-    """Load the frozen CLIP backbone named by ``cfg.MODEL.BACKBONE``."""
-    from clip import load_clip
-
+    """Load the frozen CLIP backbone named by ``cfg.MODEL.BACKBONE`` (weights never silently random)."""
     name = cfg.MODEL.BACKBONE.NAME
     if not name:
         raise ConfigError("MODEL.BACKBONE.NAME is empty: name a CLIP architecture, e.g. ViT-B/16 or emolab-tiny-vit")
-    weights = resolve_pretrained(name, cfg.MODEL.BACKBONE.PRETRAINED)
-    logger.info(f"loading CLIP {name} ({weights or 'random init'})")
-    return load_clip(name, pretrained=weights, device=device)
+    return load_configured_clip(name, cfg.MODEL.BACKBONE.PRETRAINED, device)
 
 
 @register_config

@@ -1,6 +1,7 @@
 """CoOp: learnable context vectors for a frozen CLIP (Zhou et al., IJCV 2022)."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict
 
 import torch
@@ -10,6 +11,8 @@ from trainers.clip_prompting.base import ClipTrainerBase, build_clip_backbone
 from trainers.components.context import CONTEXT_GENERATORS
 from trainers.components.prompt_learner import PromptedCLIP, PromptLearner, context_from_words
 from trainers.registry import TRAINER_REGISTRY
+
+logger = logging.getLogger(__name__)
 
 
 @register_config
@@ -29,7 +32,9 @@ def build_prompted_clip(clip, classnames, node, context_name: str, **gen_kwargs:
     """PromptedCLIP from a trainer's config node (N_CTX, CTX_INIT) and a context generator name."""
     init, n_ctx = (None, node.N_CTX)
     if node.CTX_INIT:
-        init, n_ctx = context_from_words(clip, node.CTX_INIT)
+        init, n_ctx = context_from_words(clip, node.CTX_INIT)  # logs the number of context tokens
+    else:
+        logger.info(f"context: {n_ctx} tokens, random init N(0, 0.02^2)")
     gen = CONTEXT_GENERATORS.get(context_name)(
         n_ctx=n_ctx, ctx_dim=clip.text_width, vis_dim=clip.embed_dim, n_cls=len(classnames), init=init, **gen_kwargs
     )
@@ -55,3 +60,13 @@ class CoOp(ClipTrainerBase):
 
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         return {"loss": self.classification_loss(self.forward_batch(batch), batch)}
+
+    def _load_state_dict(self, module, state, path: str) -> None:
+        """As the engine's; a prompt learner saved by the official CoOp / CoCoOp code
+        (``ctx``, ``meta_net.linear1/2``, ``token_prefix/suffix``) is mapped to EmoLab's names."""
+        from trainers.clip_prompting.coop_checkpoint import from_official, is_official
+
+        if module is self._models.get("prompt_learner") and is_official(state):
+            logger.info(f"{path}: official CoOp/CoCoOp layout, mapped to EmoLab's prompt learner")
+            state = from_official(state, module, path)
+        super()._load_state_dict(module, state, path)

@@ -15,7 +15,12 @@ ImageNet classifier, mapping images ``[B, 3, H, W]`` to features ``[B, out_dim]`
 
 Weights come from a local file (a state dict of the torchvision / timm model, or a checkpoint
 with a ``state_dict`` entry; the ImageNet classifier's keys are ignored) loaded with
-``weights_only=True``; ``""`` keeps the random initialisation. Freezing through a stage stops
+``weights_only=True``. In a config (:func:`resolve_cnn_pretrained`), ``""`` means the ImageNet
+weights the papers use: torchvision's file in the torch hub cache
+(``$TORCH_HOME/hub/checkpoints/<file>``, default ``~/.cache/torch/hub/checkpoints``), timm's in
+the Hugging Face cache, else downloaded, else a one-line error naming the file and the folder;
+``random`` is the only way to random weights. :func:`build_cnn_backbone` itself takes a file
+or ``""``/``random`` (random initialisation). Freezing through a stage stops
 gradients to that stage and every earlier parameter, and keeps the BatchNorm layers whose
 parameters are all frozen in eval mode (running statistics unchanged). A module path of the
 network (``features.10``, ``layer3.1``) may be given instead of a stage name.
@@ -231,10 +236,10 @@ def build_cnn_backbone(name: str, pretrained: str = "", image_size: int = 224, f
         raise ConfigError(f"unknown CNN backbone {name!r}" + (f" (did you mean {hint!r}?)" if hint else "")
                           + f"; known: {', '.join(known_backbones())}")
     target = net.vit if name in VITS else net
-    if pretrained:
+    if pretrained and pretrained.lower() != "random":
         load_backbone_weights(target, pretrained, head)
     else:
-        logger.warning(f"backbone {name} has RANDOM weights: set MODEL.BACKBONE.PRETRAINED to a weight file")
+        logger.warning(f"backbone {name} has RANDOM weights")
     backbone = CNNBackbone(net, dim, stages, name)
     backbone.freeze_through(freeze_through)
     return backbone
@@ -290,11 +295,114 @@ def load_backbone_weights(net: nn.Module, path: str, head_prefixes: Sequence[str
     logger.info(f"loaded backbone weights from {path} ({len(state)} tensors)")
 
 
-def build_backbone_from_config(cfg) -> CNNBackbone:
-    """``MODEL.BACKBONE.{NAME, PRETRAINED}``, ``INPUT.SIZE`` and ``MODEL.CNN.FREEZE_THROUGH``."""
+def _offline() -> bool:
+    return any(os.environ.get(k, "").strip() not in ("", "0", "false", "False") for k in ("HF_HUB_OFFLINE", "EMOLAB_OFFLINE"))
+
+
+def _torchvision_urls(name: str) -> List[str]:
+    """ImageNet weight URLs of a torchvision model, IMAGENET1K_V1 (what ``pretrained=True`` gave) first."""
+    import torchvision.models as tvm
+
+    enum = tvm.get_model_weights(name)
+    members = [m for m in enum if m.name.startswith("IMAGENET1K")]
+    members.sort(key=lambda m: (m.name != "IMAGENET1K_V1", m.name))
+    return [m.url for m in members]
+
+
+def _hf_cache_dir() -> str:
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "huggingface", "hub")
+
+
+def _timm_imagenet(name: str) -> str:
+    import timm
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        raise ConfigError(f"timm model {name} has no pretrained weights on the Hugging Face hub: set "
+                          "MODEL.BACKBONE.PRETRAINED to a weight file or 'random'")
+    files = ("model.safetensors", "pytorch_model.bin")
+    for fname in files:
+        path = try_to_load_from_cache(repo, fname, cache_dir=_hf_cache_dir())
+        if isinstance(path, str) and os.path.isfile(path):
+            return path
+    hint = f"put {repo}'s {files[0]} in the Hugging Face cache ({_hf_cache_dir()}) or set MODEL.BACKBONE.PRETRAINED to a weight file (or 'random')"
+    if _offline():
+        raise CheckpointError(f"backbone timm:{name} needs ImageNet weights, none found and downloads are off: {hint}")
+    last = ""
+    for fname in files:
+        try:
+            return hf_hub_download(repo, fname, cache_dir=_hf_cache_dir())
+        except Exception as e:  # noqa: BLE001 - network or hub errors mean "not available"
+            last = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise CheckpointError(f"backbone timm:{name} needs ImageNet weights, none found and the download failed ({last}): {hint}")
+
+
+def resolve_cnn_pretrained(name: str, pretrained: str) -> str:
+    """The weight file for ``MODEL.BACKBONE.PRETRAINED`` of CNN backbone ``name``.
+
+    ``"random"`` -> ``"random"`` (logged as a warning); a path -> itself; ``""`` -> the ImageNet
+    weights the papers use: torchvision's file (IMAGENET1K_V1 first, then other ImageNet-1k
+    versions) in ``torch.hub.get_dir()/checkpoints``, timm's in the Hugging Face cache; else a
+    download (unless ``HF_HUB_OFFLINE`` / ``EMOLAB_OFFLINE``); else a one-line CheckpointError
+    saying which file to put where.
+    """
+    pretrained = (pretrained or "").strip()
+    if pretrained.lower() == "random":
+        logger.warning(f"backbone {name}: RANDOM weights (MODEL.BACKBONE.PRETRAINED random)")
+        return "random"
+    if pretrained:
+        return optional_path(pretrained)
+    if name.startswith(TIMM_PREFIX):
+        return _timm_imagenet(name[len(TIMM_PREFIX):])
+    if name not in RESNETS + VGGS + VITS:
+        build_cnn_backbone(name)  # raises the unknown-name error
+    import torch.hub
+
+    urls = _torchvision_urls(name)
+    ckpt_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
+    for url in urls:
+        path = os.path.join(ckpt_dir, os.path.basename(url))
+        if os.path.isfile(path):
+            logger.info(f"backbone {name}: ImageNet weights found at {path}")
+            return path
+    fname = os.path.basename(urls[0])
+    hint = (f"put {fname} ({urls[0]}) in {ckpt_dir}/ (the torch hub cache; $TORCH_HOME moves it), or set "
+            "MODEL.BACKBONE.PRETRAINED to a weight file (or 'random' for random weights)")
+    if _offline():
+        raise CheckpointError(f"backbone {name} needs ImageNet weights, none found and downloads are off: {hint}")
+    dst = os.path.join(ckpt_dir, fname)
+    try:
+        os.makedirs(ckpt_dir, exist_ok=True)
+        logger.info(f"backbone {name}: downloading ImageNet weights {urls[0]}")
+        torch.hub.download_url_to_file(urls[0], dst, progress=False)
+    except Exception as e:  # noqa: BLE001 - network errors mean "not available"
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"backbone {name} needs ImageNet weights, none found and the download failed ({msg}): {hint}") from None
+    return dst
+
+
+def build_backbone_from_config(cfg, weights_from_checkpoint: bool = False) -> CNNBackbone:
+    """``MODEL.BACKBONE.{NAME, PRETRAINED}``, ``INPUT.SIZE`` and ``MODEL.CNN.FREEZE_THROUGH``.
+
+    ``weights_from_checkpoint``: the caller overwrites every backbone weight right after (e.g. a
+    stage-1 checkpoint), so ``PRETRAINED ""`` needs no ImageNet file.
+    """
     size = cfg.INPUT.SIZE
+    name, pretrained = cfg.MODEL.BACKBONE.NAME, str(cfg.MODEL.BACKBONE.PRETRAINED)
+    if weights_from_checkpoint and not pretrained.strip():
+        logger.info(f"backbone {name}: weights come from the checkpoint loaded next")
+        pretrained = "random"
+    else:
+        pretrained = resolve_cnn_pretrained(name, pretrained)
     return build_cnn_backbone(
-        cfg.MODEL.BACKBONE.NAME, pretrained=optional_path(str(cfg.MODEL.BACKBONE.PRETRAINED)),
+        name, pretrained=pretrained,
         image_size=int(size[0]) if size else 224, freeze_through=str(cfg.MODEL.CNN.FREEZE_THROUGH),
     )
 

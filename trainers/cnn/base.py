@@ -4,7 +4,7 @@
   backbone from ``MODEL.BACKBONE`` / ``MODEL.CNN`` and registers a model with two learning
   rates (backbone vs heads, ``MODEL.CNN.BACKBONE_LR_MULT``), and adds early stopping;
 * :class:`EarlyStoppingHook`: stops training when a validation metric has not improved for
-  ``patience`` evaluations (sets ``trainer.stop_training``).
+  more than ``patience`` evaluations in a row (sets ``trainer.stop_training``).
 """
 from __future__ import annotations
 
@@ -28,15 +28,16 @@ EARLY_STOP_MODES = ("auto", "max", "min")
 def add_early_stop_keys(node, metric: str, patience: int) -> None:
     """Early-stopping keys of a trainer's config node."""
     node.EARLY_STOP_METRIC = metric  # validation metric watched by early stopping
-    node.EARLY_STOP_PATIENCE = patience  # stop after this many evaluations without improvement (0 = off)
+    node.EARLY_STOP_PATIENCE = patience  # stop when MORE than this many evaluations in a row did not improve (0 = off)
     node.EARLY_STOP_MODE = "auto"  # auto (from the metric's name) | max | min
     node.EARLY_STOP_MIN_DELTA = 0.0  # an improvement must exceed this
 
 
 class EarlyStoppingHook(HookBase):
-    """After each validation (put it after :class:`EvalHook`): if ``metric`` of ``trainer.last_val``
-    has not improved by more than ``min_delta`` for ``patience`` evaluations, set
-    ``trainer.stop_training`` (the engine ends training after the epoch)."""
+    """After each validation (put it after :class:`EvalHook`): once ``metric`` of ``trainer.last_val``
+    has not improved by more than ``min_delta`` for more than ``patience`` evaluations in a row
+    (``patience + 1``, as the released VA and VEGA code count), set ``trainer.stop_training``
+    (the engine ends training after the epoch)."""
 
     def __init__(self, metric: str, patience: int, mode: str = "max", min_delta: float = 0.0) -> None:
         if mode not in ("max", "min"):
@@ -70,7 +71,7 @@ class EarlyStoppingHook(HookBase):
             self.best, self.bad = value, 0
             return
         self.bad += 1
-        if self.bad >= self.patience:
+        if self.bad > self.patience:  # as the released VA code: stop after MORE than `patience` bad evaluations
             logger.info(f"early stopping: val {self.metric} has not improved for {self.bad} evaluations "
                         f"(best {self.best:.4f})")
             t.stop_training = True
@@ -99,8 +100,8 @@ class CNNTrainerBase(TrainerBase):
     def node(self):
         return self.cfg.TRAINER[self.NODE]
 
-    def build_backbone(self) -> CNNBackbone:
-        return build_backbone_from_config(self.cfg)
+    def build_backbone(self, weights_from_checkpoint: bool = False) -> CNNBackbone:
+        return build_backbone_from_config(self.cfg, weights_from_checkpoint=weights_from_checkpoint)
 
     def register_cnn(self, name: str, model: nn.Module, backbone: CNNBackbone, heads: Sequence[nn.Module]) -> None:
         """Register ``model`` with an optimiser over two groups: backbone and heads (``param_groups``)."""

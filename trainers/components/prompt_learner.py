@@ -22,13 +22,25 @@ POSITIONS = ("end", "middle", "front")
 
 
 def context_from_words(clip, words: str) -> Tuple[torch.Tensor, int]:
-    """Token embeddings [n, D] of ``words`` (without SOS/EOS) and their count n."""
-    tokens = clip.tokenize([words])
+    """Token embeddings [n, D] of ``words`` (without SOS/EOS) and their count n.
+
+    As in CoOp, ``_`` in ``words`` stands for a space (``a_photo_of_a`` = ``a photo of a``), so
+    the words can be given on the command line without quoting. The number of context tokens
+    is logged; it is the BPE token count, which equals CoOp's word count unless a word splits
+    into several tokens (then a warning says so).
+    """
+    text = words.replace("_", " ").strip()
+    tokens = clip.tokenize([text])
     n = int(clip.eot_positions(tokens)[0]) - 1
     if n <= 0:
         raise ConfigError(f"context init {words!r} has no tokens")
     with torch.no_grad():
         emb = clip.embed_tokens(tokens.to(next(clip.parameters()).device))[0, 1 : 1 + n].float().cpu()
+    n_words = len(text.split())
+    logger.info(f"context: {n} tokens initialised from the words {text!r}")
+    if n != n_words:
+        logger.warning(f"context init {text!r} has {n_words} words but {n} tokens: EmoLab learns {n} context "
+                       f"vectors (CoOp would learn {n_words} and keep the rest of the words fixed)")
     return emb, n
 
 

@@ -51,9 +51,42 @@ def latest_checkpoint(model_dir: str) -> Optional[str]:
     return path if os.path.isfile(path) else None
 
 
+#: globals a Dassl / CoOp checkpoint may hold besides tensors: its pickled LR scheduler (Dassl's
+#: warm-up wrappers around torch schedulers), the optimizer that scheduler points to, and numpy
+#: scalars in ``val_result``. They are read as inert stubs (nothing of them runs) and dropped.
+DASSL_ALLOWED = (
+    "dassl.optim.lr_scheduler.*", "torch.optim.lr_scheduler.*", "torch.optim.*",
+    "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype", "numpy.dtypes.*",
+)
+
+
+def read_dassl_checkpoint(path: str) -> Dict[str, Any]:
+    """A checkpoint written by Dassl / CoOp / CoCoOp, read without running pickled code.
+
+    Tensors and plain values are read; the scheduler and optimizer objects Dassl pickles (the
+    classes in :data:`DASSL_ALLOWED`) become None; any other class refuses the file.
+    """
+    from configs.safe_unpickle import allow_patterns, read_torch_zip, strip_stubs, stub_names
+
+    obj, _ = read_torch_zip(path, allow_patterns(DASSL_ALLOWED), what="checkpoint")
+    dropped = stub_names(obj)
+    if dropped:
+        logger.info(f"{path}: pickled objects not restored ({', '.join(dropped[:4])}"
+                    + (", ..." if len(dropped) > 4 else "") + "): only tensors and plain values are read")
+    return strip_stubs(obj)
+
+
 def load_checkpoint(path: str) -> Dict[str, Any]:
-    """Read a checkpoint safely (``weights_only=True``); one-line errors for missing/bad files."""
-    ckpt = safe_torch_load(path, "checkpoint")
+    """Read a checkpoint safely (``weights_only=True``; a Dassl / CoOp file holding a pickled
+    scheduler through :func:`read_dassl_checkpoint`); one-line errors for missing/bad files."""
+    try:
+        ckpt = safe_torch_load(path, "checkpoint")
+    except CheckpointError:
+        import zipfile
+
+        if not (os.path.isfile(path) and zipfile.is_zipfile(path)):
+            raise
+        ckpt = read_dassl_checkpoint(path)  # its own one-line error names what it refuses
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"checkpoint {path} has no 'state_dict' entry")
     return ckpt

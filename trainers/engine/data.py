@@ -45,33 +45,37 @@ def build_data_and_loaders(t) -> None:
 
 
 def use_decoded_cache(t) -> None:
-    """Swap the PIL loaders for :class:`DecodedImageLoader` per ``DATALOADER.DECODED_CACHE``."""
-    from datasets.decoded_cache import DecodedImageLoader, decode_all, device_ops
+    """Swap the PIL loaders for :class:`DecodedImageLoader` per ``DATALOADER.DECODED_CACHE``.
+
+    The decoded loaders run the same transforms (``t.tfm_train`` / ``t.tfm_test``) with the same
+    per-sample seeds as the PIL loaders, on images decoded at their original size, so switching
+    the cache on or off (or moving to a GPU) does not change the training data.
+    """
+    from datasets.decoded_cache import DecodedImageLoader, decode_all, decoded_bytes, describe
 
     cfg = t.cfg
     mode = cfg.DATALOADER.DECODED_CACHE.lower()
     if mode not in ("auto", "memory", "gpu", "disk", "off"):
         raise ConfigError(f"DATALOADER.DECODED_CACHE must be auto, memory, gpu, disk or off, got {mode!r}")
-    h, w = cfg.INPUT.SIZE
-    n_img = len(t.dataset.train_x) + len(t.dataset.val) + len(t.dataset.test)
-    if mode == "auto":
-        fits = n_img * 3 * h * w / 2**30 < cfg.DATALOADER.DECODED_CACHE_MAX_GB
-        mode = "gpu" if t.device.type == "cuda" and fits else "off"
-    ops = device_ops(cfg.INPUT.TRANSFORMS)
-    if mode == "off" or ops is None or cfg.INPUT.TEST_TRANSFORMS:
-        if mode != "off":
-            logger.info(f"decoded-image cache off: transforms {list(cfg.INPUT.TRANSFORMS)} need the PIL pipeline")
+    if mode == "off" or (mode == "auto" and t.device.type != "cuda"):
         return
+    splits = [("train_loader", t.dataset.train_x, t.tfm_train), ("val_loader", t.dataset.val, t.tfm_test),
+              ("test_loader", t.dataset.test, t.tfm_test)]
+    splits = [(attr, data, tfm) for attr, data, tfm in splits if getattr(t, attr) is not None]
+    if mode == "auto":
+        gb = sum(decoded_bytes(data) for _, data, _ in splits) / 2**30
+        if gb >= cfg.DATALOADER.DECODED_CACHE_MAX_GB:
+            logger.info(f"decoded-image cache off: {gb:.1f} GB of decoded images exceed DECODED_CACHE_MAX_GB")
+            return
+        mode = "gpu"
     cache_dir = cfg.DATALOADER.DECODED_CACHE_DIR if mode == "disk" else ""
-    test_ops = ["normalize"] if "normalize" in ops else []
-    for attr, data, split_ops in (("train_loader", t.dataset.train_x, ops), ("val_loader", t.dataset.val, test_ops),
-                                  ("test_loader", t.dataset.test, test_ops)):
+    decoded = []
+    for attr, data, tfm in splits:
         loader = getattr(t, attr)
-        if loader is None:
-            continue
-        images = decode_all(data, (h, w), cfg.INPUT.INTERPOLATION, cache_dir)
+        images = decode_all(data, cache_dir)
+        decoded.append(images)
         setattr(t, attr, DecodedImageLoader(
-            images, data, t.num_classes, split_ops, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD,
-            tuple(cfg.INPUT.RRCROP_SCALE), loader.batch_size, loader.sampler, loader.drop_last, t.device,
+            images, data, t.num_classes, tfm, loader.batch_size, loader.sampler, loader.drop_last, t.device,
             seed=max(cfg.SEED, 0), on_device=mode == "gpu"))
-    logger.info(f"decoded-image cache ({mode}): {n_img} images decoded once, augmented on {t.device}")
+    logger.info(f"decoded-image cache ({mode}): {describe(decoded)} decoded once at full size, "
+                f"transformed on {t.device} with the PIL loader's transforms and seeds")

@@ -1,9 +1,12 @@
 """Optimisers and learning-rate schedules (Dassl key semantics).
 
 The schedule is a pure function of the (fractional) epoch, wrapped in ``LambdaLR`` so its
-state is one integer and resuming is exact. Warm-up follows Dassl: ``constant`` holds
-``WARMUP_CONS_LR``; ``linear`` rises from ``WARMUP_MIN_LR`` to the base LR; afterwards the
-main schedule restarts its count (``WARMUP_RECOUNT``) as Dassl's warm-up wrapper does.
+state is one integer and resuming is exact. Warm-up follows Dassl's ``ConstantWarmupScheduler``
+and ``LinearWarmupScheduler`` exactly: ``constant`` holds ``WARMUP_CONS_LR`` for the warm-up
+epochs; ``linear`` uses ``WARMUP_MIN_LR`` in epoch 0 and ``base_lr * e / WARMUP_EPOCH`` in
+epochs ``e = 1 .. WARMUP_EPOCH - 1``; afterwards the main schedule restarts its count
+(``WARMUP_RECOUNT``) as Dassl's warm-up wrapper does. ``STEPSIZE`` as in Dassl: a value <= 0
+means ``MAX_EPOCH``; ``single_step`` uses the last entry of the tuple.
 """
 from __future__ import annotations
 
@@ -69,11 +72,13 @@ def lr_factor_fn(
         raise ConfigError(f"unknown OPTIM.LR_SCHEDULER {scheduler!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
     if warmup_type not in ("constant", "linear"):
         raise ConfigError(f"unknown OPTIM.WARMUP_TYPE {warmup_type!r} (constant or linear)")
-    steps = [int(s) for s in stepsize]
-    if scheduler in ("single_step", "multi_step") and (not steps or steps[0] <= 0):
-        raise ConfigError(f"OPTIM.STEPSIZE {tuple(stepsize)} must hold positive epochs for {scheduler}")
+    steps = [int(s) if int(s) > 0 else int(max_epoch) for s in stepsize]  # Dassl: <= 0 means MAX_EPOCH
+    if scheduler in ("single_step", "multi_step") and not steps:
+        raise ConfigError(f"OPTIM.STEPSIZE is empty: give the step epoch(s) for {scheduler} (<= 0 = MAX_EPOCH)")
     if scheduler == "single_step":
-        steps = steps[:1]
+        steps = steps[-1:]  # Dassl takes the last entry of a list
+    if scheduler in ("single_step", "multi_step") and min(steps) <= 0:
+        raise ConfigError(f"OPTIM.STEPSIZE {tuple(stepsize)} with OPTIM.MAX_EPOCH {max_epoch}: no positive step epoch")
 
     def main(e: float) -> float:
         if scheduler == "cosine":
@@ -89,8 +94,9 @@ def lr_factor_fn(
         if warmup_epoch > 0 and e < warmup_epoch:
             if warmup_type == "constant":
                 return warmup_cons_lr / base_lr
-            start = warmup_min_lr / base_lr
-            return start + (1.0 - start) * (e / warmup_epoch)
+            if e == 0:  # Dassl's LinearWarmupScheduler: min_lr at epoch 0, then base_lr * e / warmup_epoch
+                return warmup_min_lr / base_lr
+            return e / warmup_epoch
         return main(e - warmup_epoch if (warmup_epoch > 0 and recount) else e)
 
     return factor

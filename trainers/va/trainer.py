@@ -110,7 +110,7 @@ class VARegression(CNNTrainerBase):
         if not 0.0 <= node.ALPHA <= 1.0:
             raise ConfigError(f"TRAINER.VA.ALPHA must be in [0, 1], got {node.ALPHA}")
         mid = float(node.LEXICON_OFFSET) + float(node.LEXICON_SCALE) / 2
-        backbone = self.build_backbone()
+        backbone = self.build_backbone(weights_from_checkpoint=node.MODE == "two_stage")  # stage 1 overwrites it
         n_cls = len(self.head_classes) if self.multi_task else 0
         self.model = VANet(backbone, n_cls, va_init=(mid, mid))
         if node.MODE == "two_stage":

@@ -10,6 +10,7 @@ its batch holds.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
@@ -95,7 +96,9 @@ class VEGANet(nn.Module):
         dims: input feature sizes ``{"text": Dt, "audio": Da, "visual": Dv}``.
         num_classes: C. num_speakers: size of the speaker embedding table.
         hidden: H. heads: attention heads (H must be divisible). n_layers: layers per transformer.
-        ff_dim: feed-forward width (0 = H). dropout: dropout rate.
+        ff_dim: feed-forward width (0 = H). dropout: dropout rate of the input projections and the
+            nine transformers. head_dropout: of the classification heads (None = ``dropout``).
+            anchor_dropout: after the ELU of each anchor projection (0 = none).
         clip_dim: D of the anchor space (0 = no anchor branch).
         temp_init: initial distillation temperature T of all six temperatures (one per modality
             for the logits and one per modality for the anchor logits; stored as log T).
@@ -105,7 +108,7 @@ class VEGANet(nn.Module):
     def __init__(
         self, dims: Mapping[str, int], num_classes: int, num_speakers: int, hidden: int = 768, heads: int = 4,
         n_layers: int = 1, ff_dim: int = 0, dropout: float = 0.1, clip_dim: int = 0, temp_init: float = 2.0,
-        learn_temp: bool = True,
+        learn_temp: bool = True, head_dropout: Optional[float] = None, anchor_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.hidden, self.num_classes, self.clip_dim = hidden, num_classes, clip_dim
@@ -118,9 +121,12 @@ class VEGANet(nn.Module):
         )
         self.reduce = nn.ModuleDict({m: nn.Linear(3 * hidden, hidden) for m in MODALITIES})
         self.fusion = GatedFusion(hidden)
-        self.heads = nn.ModuleDict({b: mlp_head(hidden, num_classes, dropout) for b in BRANCHES})
-        self.anchor_proj = (
-            nn.ModuleDict({b: nn.Sequential(nn.Linear(hidden, hidden), nn.ELU(), nn.Linear(hidden, clip_dim)) for b in BRANCHES})
+        head_dropout = dropout if head_dropout is None else head_dropout
+        self.heads = nn.ModuleDict({b: mlp_head(hidden, num_classes, head_dropout) for b in BRANCHES})
+        self.anchor_proj = (  # Linear - ELU - Dropout - Linear; the dropout is named so the weights keep keys 0 and 2
+            nn.ModuleDict({b: nn.Sequential(OrderedDict([
+                ("0", nn.Linear(hidden, hidden)), ("1", nn.ELU()), ("drop", nn.Dropout(anchor_dropout)),
+                ("2", nn.Linear(hidden, clip_dim))])) for b in BRANCHES})
             if clip_dim > 0 else None
         )
         log_t = math.log(float(temp_init))

@@ -6,7 +6,8 @@ Data: a conversation-features dataset (``IEMOCAPFeatures``, ``MELDFeatures``, ``
 :class:`trainers.vega.model.VEGANet`. Anchors: an anchor file (:mod:`trainers.components.anchors`,
 built by ``tools/build_anchors.py``). Losses: :func:`trainers.vega.model.vega_loss`. Evaluation:
 the ``Conversation`` evaluator over real utterances, the best validation model kept; with
-``PATIENCE`` > 0 training stops after that many epochs without a better validation score.
+``PATIENCE`` > 0 training stops once more than that many validated epochs in a row brought no better
+score (``PATIENCE + 1`` of them), as the released code counts.
 """
 from __future__ import annotations
 
@@ -40,7 +41,10 @@ def add_vega_config(cfg: CN) -> None:
     v.HEADS = 4  # attention heads
     v.LAYERS = 1  # layers in each of the nine (intra- and cross-modal) transformers
     v.FF_DIM = 0  # feed-forward width (0 = HIDDEN)
-    v.DROPOUT = 0.1  # dropout rate
+    v.DROPOUT = 0.1  # dropout rate of the input projections, the nine transformers and (by default) the heads
+    v.TRANSFORMER_DROPOUT = -1.0  # dropout of the input projections and transformers (< 0 = DROPOUT); released IEMOCAP: 0.53
+    v.HEAD_DROPOUT = -1.0  # dropout inside the classification heads (< 0 = DROPOUT); released IEMOCAP: 0.3963
+    v.ANCHOR_DROPOUT = 0.0  # dropout after the ELU of the anchor projections; released IEMOCAP: 0.374
     v.ANCHOR_FILE = ""  # anchor file (tools/build_anchors.py); absolute, or relative to the working dir, else to DATASET.ROOT
     v.CLIP_DIM = 0  # anchor (CLIP) dimension D of the projections; 0 = the anchor file's, else it must match
     v.ANCHOR_SCALE = 100.0  # anchor logits = ANCHOR_SCALE * norm(z) @ anchors^T
@@ -50,7 +54,7 @@ def add_vega_config(cfg: CN) -> None:
     v.DETACH_TEACHER = True  # stop gradients into the fused (teacher) logits in KL terms (False = released code)
     v.CLASS_WEIGHTS = []  # CE class weights in class order ([] = all 1); IEMOCAP: [2.853, 1.706, 1.083, 1.676, 1.776, 1.0]
     v.PREDICT = "head"  # prediction: head (fused classification logits) | anchor (fused anchor logits vs centres)
-    v.PATIENCE = 30  # early stopping: epochs without a better validation score (0 = off)
+    v.PATIENCE = 30  # early stopping: stop when MORE than this many validated epochs in a row bring no better score (0 = off)
     v.PREC = "amp"  # fp32 | fp16 | bf16 | amp (CPU runs fp32)
     v.LOSS = L = CN()
     L.CE = d.ce  # class-weighted CE on the fused and unimodal logits
@@ -94,8 +98,18 @@ def resolve_anchor_file(path: str, root: str) -> str:
     return os.path.join(root, path) if root and os.path.exists(os.path.join(root, path)) else path
 
 
+def vega_dropouts(node) -> Dict[str, float]:
+    """``VEGANet`` dropout arguments from ``TRAINER.VEGA``: ``TRANSFORMER_DROPOUT`` and
+    ``HEAD_DROPOUT`` fall back to ``DROPOUT`` when negative; ``ANCHOR_DROPOUT`` as given."""
+    base = float(node.DROPOUT)
+    pick = lambda v: base if float(v) < 0 else float(v)  # noqa: E731
+    return {"dropout": pick(node.TRANSFORMER_DROPOUT), "head_dropout": pick(node.HEAD_DROPOUT),
+            "anchor_dropout": float(node.ANCHOR_DROPOUT)}
+
+
 class EarlyStoppingHook(HookBase):
-    """Stops training after ``patience`` validated epochs without a new best (must follow EvalHook)."""
+    """Stops training when the validated epochs without a new best exceed ``patience`` (i.e. after
+    ``patience + 1`` of them, as the released VEGA code counts); must follow EvalHook."""
 
     def __init__(self, patience: int) -> None:
         self.patience = patience
@@ -106,7 +120,7 @@ class EarlyStoppingHook(HookBase):
         if self.patience <= 0 or t.last_val is None:
             return
         self.bad_epochs = 0 if t.is_best else self.bad_epochs + 1
-        if self.bad_epochs >= self.patience:
+        if self.bad_epochs > self.patience:  # released VEGA: "more than patience" bad epochs
             logger.info(f"early stopping: no better validation {t.evaluator.main_metric} for {self.bad_epochs} evaluations")
             t.stop_training = True
 
@@ -203,9 +217,12 @@ class VEGA(TrainerBase):
         dm = self.dataset
         net = VEGANet(
             dm.dims, self.num_classes, dm.num_speakers, hidden=int(node.HIDDEN), heads=int(node.HEADS),
-            n_layers=int(node.LAYERS), ff_dim=int(node.FF_DIM), dropout=float(node.DROPOUT), clip_dim=clip_dim,
-            temp_init=float(node.TEMP_INIT), learn_temp=bool(node.LEARN_TEMP),
+            n_layers=int(node.LAYERS), ff_dim=int(node.FF_DIM), clip_dim=clip_dim, temp_init=float(node.TEMP_INIT),
+            learn_temp=bool(node.LEARN_TEMP), **vega_dropouts(node),
         )
+        drops = vega_dropouts(node)
+        logger.info(f"dropout: transformers {drops['dropout']}, heads {drops['head_dropout']}, "
+                    f"anchor projections {drops['anchor_dropout']}")
         self.model = VEGAModel(net, bank)
         self.anchor_scale = float(node.ANCHOR_SCALE)
         self.exemplar_prob = float(node.EXEMPLAR_PROB)

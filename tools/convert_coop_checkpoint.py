@@ -1,0 +1,127 @@
+"""Convert CoOp / CoCoOp prompt-learner checkpoints between EmoLab and the official layout.
+
+Usage::
+
+    # EmoLab run -> a folder the official CoOp / CoCoOp code evaluates with --model-dir
+    python tools/convert_coop_checkpoint.py output/coop_seed1 official_run/
+    # official file -> an EmoLab checkpoint file
+    python tools/convert_coop_checkpoint.py coop/prompt_learner/model.pth.tar-50 emolab.pth.tar --to emolab
+
+``SRC`` is a checkpoint file or a run folder (its ``prompt_learner/model-best.pth.tar``, else the
+latest; ``--epoch E`` picks ``model.pth.tar-E``). ``DST`` ending in ``/`` or naming an existing
+folder receives the Dassl layout ``DST/prompt_learner/model.pth.tar-<epoch>`` plus the
+``checkpoint`` file naming it; otherwise ``DST`` is the file written. ``--to`` defaults to the
+other layout of the one ``SRC`` is in.
+
+Official layout (what CoOp's / CoCoOp's ``load_model`` reads): ``state_dict`` with ``ctx``
+[n_ctx, D] (CSC: [C, n_ctx, D]) and, for CoCoOp, ``meta_net.linear1/2.{weight,bias}``; plus
+``epoch``, ``optimizer`` / ``scheduler`` (None: optimiser state is not converted) and
+``val_result``. ``token_prefix`` / ``token_suffix`` are not written: they are fixed embeddings of
+the class names, which CoOp's loader deletes before loading. The file holds only tensors and plain
+values, so ``torch.load(..., weights_only=True)`` reads it. Official files are read without
+running pickled code (the Dassl scheduler object inside them is skipped; see README).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs.errors import EmoLabError  # noqa: E402
+from configs.fileio import atomic_torch_save, atomic_write  # noqa: E402
+
+logger = logging.getLogger("convert_coop_checkpoint")
+MODEL_NAME = "prompt_learner"
+
+
+def source_file(src: str, epoch: Optional[int]) -> str:
+    """The checkpoint file ``src`` names (a file, or a run / model folder)."""
+    from configs.errors import CheckpointError
+    from trainers.engine.checkpoint import checkpoint_path
+
+    if os.path.isfile(src):
+        return src
+    if not os.path.isdir(src):
+        raise CheckpointError(f"no such checkpoint file or folder: {src}")
+    run = os.path.dirname(src.rstrip("/")) if os.path.basename(src.rstrip("/")) == MODEL_NAME else src
+    return checkpoint_path(run, MODEL_NAME, epoch)
+
+
+def to_emolab_state(state):
+    """Official names -> EmoLab's (CoCoOp's meta-net as ``Sequential(Linear, ReLU, Linear)``)."""
+    from trainers.clip_prompting.coop_checkpoint import OFFICIAL_TOKEN_KEYS
+
+    conditional = any(k.startswith("meta_net.") for k in state)
+    out = {}
+    for key, value in state.items():
+        if key in OFFICIAL_TOKEN_KEYS:
+            continue
+        if key == "ctx":
+            out["context.ctx"] = value if conditional or value.dim() == 3 else value.unsqueeze(0)
+        elif key.startswith("meta_net.linear1."):
+            out["context.meta_net.0." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("meta_net.linear2."):
+            out["context.meta_net.2." + key.rsplit(".", 1)[1]] = value
+        else:
+            raise EmoLabError(f"unexpected key {key!r} in an official CoOp / CoCoOp checkpoint")
+    return {k: v.float().contiguous() for k, v in out.items()}
+
+
+def convert(src: str, dst: str, to: str = "", epoch: Optional[int] = None) -> str:
+    """Write the converted checkpoint; returns the path written."""
+    from trainers.clip_prompting.coop_checkpoint import is_official, to_official
+    from trainers.engine.checkpoint import load_checkpoint
+
+    path = source_file(src, epoch)
+    ckpt = load_checkpoint(path)
+    state = ckpt["state_dict"]
+    official = is_official(state)
+    to = to or ("emolab" if official else "official")
+    if to not in ("official", "emolab"):
+        raise EmoLabError(f"--to must be official or emolab, got {to!r}")
+    if (to == "official") == official:
+        raise EmoLabError(f"{path} is already in the {to} layout")
+    new_state = to_official(state) if to == "official" else to_emolab_state(state)
+    ep = int(ckpt.get("epoch") or 0)
+    val = ckpt.get("val_result")
+    out = {"state_dict": new_state, "epoch": ep, "optimizer": None, "scheduler": None,
+           "val_result": val if isinstance(val, (int, float, dict)) or val is None else None}
+    if dst.endswith(("/", os.sep)) or os.path.isdir(dst):
+        fname = f"model.pth.tar-{ep}"
+        target = os.path.join(dst, MODEL_NAME, fname)
+        atomic_torch_save(out, target)
+
+        def marker(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(fname + "\n")
+
+        atomic_write(os.path.join(dst, MODEL_NAME, "checkpoint"), marker)
+    else:
+        target = dst
+        atomic_torch_save(out, target)
+    logger.info(f"wrote {target} ({to} layout, epoch {ep}: {', '.join(f'{k} {tuple(v.shape)}' for k, v in new_state.items())})")
+    return target
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("src", help="checkpoint file or run folder")
+    ap.add_argument("dst", help="output file, or folder (Dassl layout)")
+    ap.add_argument("--to", default="", choices=["", "official", "emolab"], help="target layout (default: the other one)")
+    ap.add_argument("--epoch", type=int, default=None, help="epoch to convert when SRC is a folder")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        convert(args.src, args.dst, args.to, args.epoch)
+    except EmoLabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
