@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from configs.errors import CheckpointError, ConfigError
+from configs.fileio import downloads_off
 
 from .names import REPO_ROOT, resolve_model_name
 
@@ -49,10 +50,6 @@ class Resolved:
     value: str
     source: str
     quick_gelu: Optional[bool] = None
-
-
-def offline() -> bool:
-    return any(os.environ.get(k, "").strip() not in ("", "0", "false", "False") for k in ("HF_HUB_OFFLINE", "EMOLAB_OFFLINE"))
 
 
 def _cache_home() -> str:
@@ -164,9 +161,9 @@ def resolve_pretrained(name: str, pretrained: str) -> Resolved:
         logger.info(f"CLIP {name}: OpenAI's weights found at {path}")
         return Resolved(path, f"OpenAI's weights ({path})", quick_gelu=bool(cfg.get("quick_gelu", True)))
     hint = where_to_put(arch)
-    if offline():
-        raise CheckpointError(f"CLIP {name} needs OpenAI's weights, none found locally and downloads are off "
-                              f"(HF_HUB_OFFLINE/EMOLAB_OFFLINE): {hint}")
+    off = downloads_off("huggingface.co")
+    if off:
+        raise CheckpointError(f"CLIP {name} needs OpenAI's weights, none found locally and {off}: {hint}")
     from .loading import _download
 
     logger.info(f"CLIP {name}: OpenAI's weights not found locally; downloading them with open_clip")

@@ -72,3 +72,24 @@ def optional_path(path: Optional[str]) -> str:
         return path or ""
     alt = os.path.join(REPO_ROOT, path)
     return alt if os.path.exists(alt) else path
+
+
+def downloads_off(host: str, timeout: float = 3.0) -> str:
+    """Why a download from ``host`` cannot happen now ("" when it may be tried).
+
+    ``HF_HUB_OFFLINE`` or ``EMOLAB_OFFLINE`` set to a true value turns downloads off; otherwise a
+    TCP connection to ``host:443`` is tried for ``timeout`` seconds (skipped behind an HTTP(S)
+    proxy), so a machine without network fails in seconds instead of after a client's retries.
+    """
+    flags = [k for k in ("HF_HUB_OFFLINE", "EMOLAB_OFFLINE") if os.environ.get(k, "").strip() not in ("", "0", "false", "False")]
+    if flags:
+        return f"downloads are off ({'/'.join(flags)})"
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return ""
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return f"{host} is unreachable"
+    return ""

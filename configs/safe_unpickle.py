@@ -22,7 +22,7 @@ import fnmatch
 import io
 import pickle
 import zipfile
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 import torch
 

@@ -175,3 +175,20 @@ def test_cnn_without_weights_or_network_exits_2_with_one_line(fresh_home, tmp_pa
         from trainers.cnn.backbones import resolve_cnn_pretrained
 
         resolve_cnn_pretrained("vgg19_bn", "")
+
+
+def test_downloads_off_says_why_and_fails_fast(monkeypatch):
+    import time
+
+    from configs.fileio import downloads_off
+
+    for k in ("HF_HUB_OFFLINE", "EMOLAB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("EMOLAB_OFFLINE", "1")
+    assert downloads_off("example.invalid") == "downloads are off (EMOLAB_OFFLINE)"
+    monkeypatch.setenv("EMOLAB_OFFLINE", "0")
+    t0 = time.monotonic()
+    assert downloads_off("example.invalid", timeout=2.0) == "example.invalid is unreachable"  # RFC 2606: never resolves
+    assert time.monotonic() - t0 < 10
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert downloads_off("example.invalid") == ""  # behind a proxy the client decides

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from configs.errors import CheckpointError, ConfigError
-from configs.fileio import optional_path
+from configs.fileio import downloads_off, optional_path
 from configs.registry import closest, register_config
 
 logger = logging.getLogger(__name__)
@@ -295,10 +295,6 @@ def load_backbone_weights(net: nn.Module, path: str, head_prefixes: Sequence[str
     logger.info(f"loaded backbone weights from {path} ({len(state)} tensors)")
 
 
-def _offline() -> bool:
-    return any(os.environ.get(k, "").strip() not in ("", "0", "false", "False") for k in ("HF_HUB_OFFLINE", "EMOLAB_OFFLINE"))
-
-
 def _torchvision_urls(name: str) -> List[str]:
     """ImageNet weight URLs of a torchvision model, IMAGENET1K_V1 (what ``pretrained=True`` gave) first."""
     import torchvision.models as tvm
@@ -333,8 +329,9 @@ def _timm_imagenet(name: str) -> str:
         if isinstance(path, str) and os.path.isfile(path):
             return path
     hint = f"put {repo}'s {files[0]} in the Hugging Face cache ({_hf_cache_dir()}) or set MODEL.BACKBONE.PRETRAINED to a weight file (or 'random')"
-    if _offline():
-        raise CheckpointError(f"backbone timm:{name} needs ImageNet weights, none found and downloads are off: {hint}")
+    off = downloads_off("huggingface.co")
+    if off:
+        raise CheckpointError(f"backbone timm:{name} needs ImageNet weights, none found and {off}: {hint}")
     last = ""
     for fname in files:
         try:
@@ -375,8 +372,9 @@ def resolve_cnn_pretrained(name: str, pretrained: str) -> str:
     fname = os.path.basename(urls[0])
     hint = (f"put {fname} ({urls[0]}) in {ckpt_dir}/ (the torch hub cache; $TORCH_HOME moves it), or set "
             "MODEL.BACKBONE.PRETRAINED to a weight file (or 'random' for random weights)")
-    if _offline():
-        raise CheckpointError(f"backbone {name} needs ImageNet weights, none found and downloads are off: {hint}")
+    off = downloads_off("download.pytorch.org")
+    if off:
+        raise CheckpointError(f"backbone {name} needs ImageNet weights, none found and {off}: {hint}")
     dst = os.path.join(ckpt_dir, fname)
     try:
         os.makedirs(ckpt_dir, exist_ok=True)
