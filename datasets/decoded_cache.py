@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from configs.fileio import atomic_torch_save
+from configs.errors import CheckpointError
+from configs.fileio import atomic_torch_save, safe_torch_load
+from configs.killpoints import killpoint
 
 from .base import Datum
 from .loader import read_image, stack_targets
@@ -61,8 +63,13 @@ def decode_all(data: Sequence[Datum], size: Tuple[int, int], interpolation: str,
             h.update(f"{d.impath}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         path = os.path.join(cache_dir, f"decoded_{h.hexdigest()[:20]}.pt")
         if os.path.isfile(path):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            out = safe_torch_load(path, "decoded-image cache")
+            if not torch.is_tensor(out) or out.dtype != torch.uint8 or tuple(out.shape) != (len(data), 3, *size):
+                raise CheckpointError(f"decoded-image cache {path} does not hold the {len(data)} images expected: "
+                                      "delete it to rebuild")
+            return out
     out = torch.from_numpy(np.stack([decode(d.impath, size, interpolation) for d in data]))
+    killpoint("cache:decoded")
     if path:
         atomic_torch_save(out, path)
     return out

@@ -20,7 +20,9 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from configs.fileio import atomic_torch_save
+from configs.errors import CheckpointError
+from configs.fileio import atomic_torch_save, safe_torch_load
+from configs.killpoints import killpoint
 import torch.nn as nn
 
 from configs.errors import ConfigError
@@ -154,13 +156,14 @@ def cache_file(cache_dir: str, dataset: str, extractor: FeatureExtractor, k: int
 def cached_centres(path: str, compute: Callable[[], np.ndarray]) -> torch.Tensor:
     """Centres from ``path`` if it exists, else ``compute()`` saved there (atomically)."""
     if path and os.path.isfile(path):
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            logger.info(f"visual prompt k-means centres from the cache {path}")
-            return data["centres"].float()
-        except (RuntimeError, OSError, KeyError, EOFError) as e:
-            logger.warning(f"ignoring the unreadable k-means cache {path}: {e}")
+        data = safe_torch_load(path, "k-means cache")
+        centres = data.get("centres") if isinstance(data, dict) else None
+        if not torch.is_tensor(centres) or centres.dim() != 2 or not torch.isfinite(centres).all():
+            raise CheckpointError(f"k-means cache {path} holds no finite [k, F] 'centres' tensor: delete it to recompute")
+        logger.info(f"visual prompt k-means centres from the cache {path}")
+        return centres.float()
     centres = torch.from_numpy(np.asarray(compute(), dtype=np.float32))
+    killpoint("cache:kmeans")
     if path:
         atomic_torch_save({"centres": centres}, path)
         logger.info(f"cached the visual prompt k-means centres in {path}")

@@ -392,6 +392,8 @@ class TrainerBase:
         files); return the epoch. Also finishes the follow-up of the last commit."""
         names = list(self._models)
         m = runstate.read_manifest(directory)
+        if m is not None and m.get("epoch", 0) == 0 and not m.get("finished"):
+            return 0  # the run started but committed no epoch: files on disk are uncommitted leftovers
         if m is not None and m.get("epoch", 0) > 0:
             files = m.get("files", {})
             if set(files) != set(names) or not all(os.path.isfile(os.path.join(directory, files[n])) for n in names):
@@ -470,6 +472,13 @@ class TrainerBase:
         """Run the epochs, then the final test; returns the final test metrics."""
         resume_dir = self.cfg.RESUME or self.output_dir
         self.start_epoch = self.resume_if_possible(resume_dir)
+        if self.start_epoch == 0 and self.is_main:
+            # an empty run state first: from now on only committed epochs count (files alone do not)
+            self.manifest = {"version": 1, "epoch": 0, "max_epoch": self.max_epoch, "modules": list(self._models),
+                             "files": {}, "best_epoch": None, "stop_training": False, "alive": [], "obsolete": [],
+                             "records": [], "finished": False, "final": None}
+            self._write(lambda: runstate.write_manifest(self.output_dir, self.manifest),
+                        os.path.join(self.output_dir, runstate.MANIFEST))
         self._call("before_train")
         self.num_batches = len(self.train_loader)
         show_bar = self.is_main and self.cfg.TRAIN.PROGRESS_BAR and sys.stderr.isatty()
@@ -558,11 +567,11 @@ class TrainerBase:
         self.set_model_mode("eval")
         logits_l, index_l, tgt_l = [], [], {}
         for i, batch in enumerate(loader):
-            if i == 1:
-                killpoint(f"eval:{split}", self.epoch + 1)
             batch = to_device(batch, self.device)
             with autocast(self.precision, self.device):
                 logits = self.inference(batch)
+            if i == 0:
+                killpoint(f"eval:{split}", self.epoch + 1)  # the kill harness: in the middle of an evaluation
             logits_l.append(logits.float())
             index_l.append(batch["index"])
             for k in ("label", "labels", "dist", "va"):
