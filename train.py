@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from trainers.engine.logger import setup_logging
 
     check_args(args)
+    runstate.LAST_COMMIT.clear()
     cfg = setup_cfg(args)
     is_main = int(os.environ.get("RANK", 0)) == 0
     out = cfg.OUTPUT_DIR

@@ -89,6 +89,9 @@ def check_config(cfg) -> None:
     _at_least(cfg, "TRAIN.EVAL_FREQ", 0, " (0 = never)")
     _at_least(cfg, "TRAIN.PRINT_FREQ", 1)
     _positive(cfg, "TRAIN.DIST_TIMEOUT", " (seconds)")
+    steps = _get(cfg, "OPTIM.STEPSIZE")
+    if steps is not None and not all(isinstance(x, int) and not isinstance(x, bool) for x in steps):
+        raise ConfigError(f"OPTIM.STEPSIZE must hold whole epochs, got {tuple(steps)}")
     seed = _get(cfg, "SEED")
     if seed is not None and seed > 2**32 - 1:
         raise ConfigError(f"SEED {seed} is out of range: use 0 .. {2**32 - 1} (or -1 for a random seed)")
