@@ -55,7 +55,7 @@ class TrainerBase:
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
-        self.device = dist.init_distributed(cfg.USE_CUDA)
+        self.device = dist.init_distributed(cfg.USE_CUDA, float(getattr(cfg.TRAIN, "DIST_TIMEOUT", 600.0)))
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0
         self.output_dir = cfg.OUTPUT_DIR
