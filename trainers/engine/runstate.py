@@ -74,7 +74,7 @@ def read_manifest(directory: str) -> Optional[Dict[str, Any]]:
 
 
 def write_manifest(directory: str, manifest: Dict[str, Any]) -> None:
-    text = json.dumps(manifest, indent=1, sort_keys=True)
+    text = json.dumps(manifest, indent=1)  # key order kept: records are rewritten exactly as first written
 
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -335,9 +335,9 @@ def repair_finished(directory: str) -> bool:
     want = "".join(json.dumps(r) + "\n" for r in m.get("records", []))
     try:
         with open(path, encoding="utf-8") as f:
-            if f.read() == want:
+            if [json.loads(line) for line in f] == m.get("records", []):
                 return False
-    except (OSError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError, ValueError):
         pass
 
     def write(tmp: str) -> None:
