@@ -11,7 +11,9 @@ environment variable ``EMOLAB_KILL_AT`` names the instant::
 ``name@E`` matches only at epoch ``E``; ``name#N`` at the N-th time the instant is reached in this
 process; a bare ``name`` the first time. The process then sends itself ``SIGKILL`` (no cleanup runs,
 exactly like a power cut), or, with ``EMOLAB_KILL_MODE=raise``, raises :class:`SimulatedKill` (a
-``BaseException`` no handler of the framework catches) so in-process tests can do the same faster.
+``BaseException`` no handler of the framework catches) so in-process tests can do the same faster;
+``EMOLAB_KILL_MODE=stop`` freezes it instead (SIGSTOP: a rank that stops answering; ``hang`` sleeps), and
+``EMOLAB_KILL_RANK=R`` limits all this to the process of rank ``R``.
 """
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ def killpoint(name: str, epoch: Optional[int] = None) -> None:
     spec = os.environ.get("EMOLAB_KILL_AT")
     if not spec:
         return
+    only = os.environ.get("EMOLAB_KILL_RANK")
+    if only is not None and only != os.environ.get("RANK", "0"):
+        return
     _seen[name] += 1
     for item in spec.split(","):
         item = item.strip()
@@ -55,6 +60,11 @@ def killpoint(name: str, epoch: Optional[int] = None) -> None:
             continue
         if at_epoch is None and nth is None and _seen[name] != 1:
             continue
-        if os.environ.get("EMOLAB_KILL_MODE") == "raise":
+        mode = os.environ.get("EMOLAB_KILL_MODE")
+        if mode == "raise":
             raise SimulatedKill(f"{name}" + (f"@{epoch}" if epoch is not None else ""))
-        os.kill(os.getpid(), signal.SIGKILL)
+        if mode == "hang":
+            import time
+
+            time.sleep(24 * 3600)
+        os.kill(os.getpid(), signal.SIGSTOP if mode == "stop" else signal.SIGKILL)

@@ -70,8 +70,9 @@ def _checked(what: str, fn) -> Any:
         return fn()
     except RuntimeError as e:
         msg = str(e)
-        m = re.search(r"[Rr]ank (\d+)", msg) if get_rank() == 0 else None
-        who = f"rank {m.group(1)}" if m and int(m.group(1)) != get_rank() else "another process"
+        ranks = [int(r) for r in re.findall(r"[Rr]ank (\d+) failed", msg)]
+        ranks = ranks or [int(r) for r in re.findall(r"[Rr]ank (\d+)", msg) if int(r) != get_rank()]
+        who = f"rank {ranks[0]}" if ranks else "another process"
         raise RankStopped(f"{who} stopped answering during {what} (no reply within TRAIN.DIST_TIMEOUT "
                           f"{_TIMEOUT['seconds']:g} s); this is rank {get_rank()}") from None
 
