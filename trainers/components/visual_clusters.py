@@ -19,13 +19,11 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
-
-from configs.errors import CheckpointError
-from configs.fileio import atomic_torch_save, safe_torch_load
-from configs.killpoints import killpoint
 import torch.nn as nn
 
-from configs.errors import ConfigError
+from configs.errors import CheckpointError, ConfigError
+from configs.fileio import atomic_torch_save, safe_torch_load
+from configs.killpoints import killpoint
 from configs.registry import Registry
 
 from .glove_init import xavier_projection
