@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import re
 from typing import Any, List
 
 import torch
@@ -60,21 +59,48 @@ def barrier() -> None:
         dist.barrier()
 
 
-def _checked(what: str, fn) -> Any:
-    """Run a collective; a process that stopped answering becomes one line naming its rank. On gloo a
-    monitored barrier first tells rank 0 which rank did not arrive within the timeout."""
-    t = datetime.timedelta(seconds=_TIMEOUT["seconds"])
+_CALLS = {"n": 0}
+
+
+def _store():
     try:
-        if dist.get_backend() == "gloo":
-            dist.monitored_barrier(timeout=t)
+        return dist.distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001 - no store: the error cannot name the rank
+        return None
+
+
+def _checked(what: str, fn) -> Any:
+    """Run a collective; a process that stopped answering becomes one line naming its rank.
+
+    Before each collective every rank records in the process group's key-value store how many
+    collectives it has entered; when one times out (``TRAIN.DIST_TIMEOUT``), the ranks whose count is
+    behind this one's are the ones that stopped answering."""
+    _CALLS["n"] += 1
+    n, me = _CALLS["n"], get_rank()
+    store = _store()
+    if store is not None:
+        try:
+            store.set(f"emolab/collectives/{me}", str(n))
+        except Exception:  # noqa: BLE001
+            store = None
+    try:
         return fn()
-    except RuntimeError as e:
-        msg = str(e)
-        ranks = [int(r) for r in re.findall(r"[Rr]ank (\d+) failed", msg)]
-        ranks = ranks or [int(r) for r in re.findall(r"[Rr]ank (\d+)", msg) if int(r) != get_rank()]
-        who = f"rank {ranks[0]}" if ranks else "another process"
+    except RuntimeError:
+        behind = []
+        if store is not None:
+            for r in range(get_world_size()):
+                if r == me:
+                    continue
+                key = f"emolab/collectives/{r}"
+                try:
+                    count = int(store.get(key)) if store.check([key]) else 0
+                except Exception:  # noqa: BLE001
+                    continue
+                if count < n:
+                    behind.append(r)
+        who = ("rank " + ", ".join(map(str, behind))) if behind else "another process"
         raise RankStopped(f"{who} stopped answering during {what} (no reply within TRAIN.DIST_TIMEOUT "
-                          f"{_TIMEOUT['seconds']:g} s); this is rank {get_rank()}") from None
+                          f"{_TIMEOUT['seconds']:g} s); this is rank {me}") from None
 
 
 def all_gather_object(obj: Any) -> List[Any]:
