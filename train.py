@@ -18,9 +18,10 @@ import sys
 import torch
 
 from configs.config import merge_from_file, merge_from_list, save_cfg
+from configs.validate import check_config
 
 from trainers import get_cfg
-from configs.errors import EmoLabError
+from configs.errors import ConfigError, EmoLabError
 
 logger = logging.getLogger("emolab")
 
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", type=str, default="", help="load the model from this directory for --eval-only")
     p.add_argument("--load-epoch", type=int, default=None, help="epoch of the checkpoint to load (default: best, else last)")
     p.add_argument("--no-train", action="store_true", help="build everything, do not train")
+    p.add_argument("--restart", action="store_true",
+                   help="start over in an OUTPUT_DIR that holds a run (its checkpoints and metrics are removed)")
     p.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p
 
@@ -85,6 +88,7 @@ def setup_cfg(args: argparse.Namespace):
     DATASET_REGISTRY.get(cfg.DATASET.NAME)
     if hasattr(trainer_cls, "finalize_config"):
         trainer_cls.finalize_config(cfg)
+    check_config(cfg)
     cfg.freeze()
     return cfg
 
@@ -99,38 +103,84 @@ def log_environment(cfg) -> None:
         logger.info(f"device: cpu ({os.cpu_count()} cores)")
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Flag values that argparse accepts but that cannot work."""
+    if args.seed is not None and not 0 <= args.seed <= 2**32 - 1:
+        raise ConfigError(f"--seed {args.seed} is out of range: use 0 .. {2**32 - 1}")
+    if args.load_epoch is not None and args.load_epoch <= 0:
+        raise ConfigError(f"--load-epoch {args.load_epoch} must be a positive epoch")
+    if args.load_epoch is not None and not args.eval_only:
+        raise ConfigError("--load-epoch is only used with --eval-only")
+    if args.model_dir and not args.eval_only:
+        raise ConfigError("--model-dir is only used with --eval-only")
+    if args.eval_only and args.restart:
+        raise ConfigError("--restart starts a training run over; it cannot go with --eval-only")
+    if args.model_dir and not os.path.isdir(args.model_dir):
+        raise ConfigError(f"--model-dir {args.model_dir} is not a folder")
+
+
 def run(args: argparse.Namespace) -> int:
     from trainers import build_trainer
-    from trainers.engine import dist
+    from trainers.engine import dist, runstate
     from trainers.engine.logger import setup_logging
 
+    check_args(args)
+    runstate.LAST_COMMIT.clear()
     cfg = setup_cfg(args)
     is_main = int(os.environ.get("RANK", 0)) == 0
-    setup_logging(cfg.OUTPUT_DIR, is_main)
+    out = cfg.OUTPUT_DIR
     if is_main:
-        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        name = "config.yaml"
-        if args.eval_only and os.path.exists(os.path.join(cfg.OUTPUT_DIR, name)):
-            name = "config-eval.yaml"  # keep the training run's config
-        save_cfg(cfg, os.path.join(cfg.OUTPUT_DIR, name))
-    log_environment(cfg)
-    logger.info(f"command: {' '.join(sys.argv)}")
-    if cfg.VERBOSE:
-        logger.info("config:\n" + cfg.dump())
-    trainer = build_trainer(cfg)
+        runstate.prepare_output_dir(out)
+        runstate.lock_output_dir(out)
     try:
-        if args.eval_only:
-            trainer.load_model(args.model_dir or cfg.OUTPUT_DIR, epoch=args.load_epoch)
-            trainer.test()
-        elif not args.no_train:
-            trainer.train()
+        what = runstate.check_rerun(cfg, args.restart, args.eval_only)
+        if what == "finished":
+            restored = runstate.repair_finished(out) if is_main else False
+            m = runstate.read_manifest(out) or {}
+            print(f"the run in {out} has finished (epoch {m.get('epoch')}, final test done): nothing to do"
+                  + ("; metrics.jsonl restored from its run state" if restored else "")
+                  + " (use --restart to train it again, or another --output-dir)")
+            return 0
+        runstate.MODE["value"] = "eval" if args.eval_only else "train"
+        setup_logging(out, is_main)
+        if is_main:
+            if what == "restart":
+                removed = runstate.clear_run(out)
+                logger.info(f"--restart: removed the earlier run's {len(removed)} file(s) in {out}")
+            name = "config.yaml"
+            if args.eval_only and os.path.exists(os.path.join(out, name)):
+                name = "config-eval.yaml"  # keep the training run's config
+            if what != "resume" or not os.path.exists(os.path.join(out, name)):
+                save_cfg(cfg, os.path.join(out, name))  # a resumed run keeps the config.yaml that describes it
+        log_environment(cfg)
+        logger.info(f"command: {' '.join(sys.argv)}")
+        if cfg.VERBOSE:
+            logger.info("config:\n" + cfg.dump())
+        trainer = build_trainer(cfg)
+        try:
+            if args.eval_only:
+                model_dir = args.model_dir or out
+                epoch = runstate.eval_epoch(model_dir, args.load_epoch)
+                trainer.load_model(model_dir, epoch=epoch)
+                trainer.final_checkpoint = trainer.loaded_checkpoint
+                if trainer.loaded_checkpoint:
+                    ck = trainer.loaded_checkpoint
+                    logger.info(f"evaluating {os.path.join(model_dir, '<module>', ck['file'])} (epoch {ck['epoch']})")
+                trainer.test()
+            elif not args.no_train:
+                trainer.train()
+        finally:
+            trainer.close()
+            dist.cleanup()
     finally:
-        trainer.close()
-        dist.cleanup()
+        runstate.MODE["value"] = "train"
+        if is_main:
+            runstate.unlock_output_dir(out)
     return 0
 
 
 def main(argv=None) -> int:
+    """Run the command line in this process; Ctrl-C propagates as KeyboardInterrupt (see :func:`cli`)."""
     args = build_parser().parse_args(argv)
     try:
         return run(args)
@@ -141,5 +191,26 @@ def main(argv=None) -> int:
         return 1 if isinstance(e, TrainingError) else 2
 
 
+def interrupted_line() -> str:
+    """The one line printed on Ctrl-C: where the run can resume."""
+    from trainers.engine.runstate import LAST_COMMIT
+
+    if LAST_COMMIT.get("dir"):
+        if LAST_COMMIT.get("finished"):
+            return f"interrupted: the run in {LAST_COMMIT['dir']} had finished"
+        return (f"interrupted: rerun the same command to resume the run in {LAST_COMMIT['dir']} "
+                f"from epoch {LAST_COMMIT['epoch']} (the last saved epoch)")
+    return "interrupted before the first epoch was saved: rerun the same command to start again"
+
+
+def cli() -> int:
+    """``python train.py``: :func:`main`, with Ctrl-C as one line and exit status 130."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print(interrupted_line(), file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from configs.errors import CheckpointError
 from configs.fileio import atomic_torch_save, safe_torch_load
+from configs.killpoints import killpoint
 
 from .base import Datum
 from .loader import apply_transform, read_image, stack_targets, view_seed
@@ -86,6 +88,11 @@ def decode_all(data: Sequence[Datum], cache_dir: str = "") -> DecodedImages:
         path = os.path.join(cache_dir, f"decoded_{h.hexdigest()[:20]}.pt")
         if os.path.isfile(path):
             obj = safe_torch_load(path, "decoded-image cache")
+            ok = isinstance(obj, dict) and all(torch.is_tensor(obj.get(k)) for k in ("data", "offsets", "sizes"))
+            if not ok or obj["data"].dtype != torch.uint8 or len(obj["offsets"]) != len(data) \
+                    or tuple(obj["sizes"].shape) != (len(data), 2):
+                raise CheckpointError(f"decoded-image cache {path} does not hold the {len(data)} images expected: "
+                                      "delete it to rebuild")
             return DecodedImages(obj["data"], obj["offsets"], obj["sizes"])
     arrays = [decode(d.impath) for d in data]
     sizes = torch.tensor([a.shape[1:] for a in arrays], dtype=torch.int64).reshape(-1, 2)
@@ -93,6 +100,7 @@ def decode_all(data: Sequence[Datum], cache_dir: str = "") -> DecodedImages:
     offsets = torch.cumsum(counts, 0) - counts
     flat = torch.from_numpy(np.concatenate([a.reshape(-1) for a in arrays])) if arrays else torch.zeros(0, dtype=torch.uint8)
     out = DecodedImages(flat, offsets, sizes)
+    killpoint("cache:decoded")
     if path:
         atomic_torch_save({"data": out.data, "offsets": out.offsets, "sizes": out.sizes}, path)
     return out

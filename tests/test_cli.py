@@ -118,3 +118,17 @@ def test_two_process_gloo_run(tmp_path, data_root):
     assert sorted(os.listdir(out / "prompt_learner")) == ["checkpoint", "model-best.pth.tar", "model.pth.tar-2"]
     assert sum(1 for r in read_metrics(str(out)) if r.get("final")) == 1
     assert torch.load(out / "prompt_learner" / "model.pth.tar-2", weights_only=True)["epoch"] == 2
+
+
+def test_stopped_rank_is_named_within_the_timeout(tmp_path, data_root):
+    """Rank 1 hangs during a validation; rank 0 stops with one line naming it after TRAIN.DIST_TIMEOUT."""
+    out = tmp_path / "ddp_stop"
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "EMOLAB_KILL_AT": "eval:val@1",
+           "EMOLAB_KILL_MODE": "hang", "EMOLAB_KILL_RANK": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()),
+           os.path.join(ROOT, "train.py"), *_args(data_root, out, COOP_CFG, "TRAIN.DIST_TIMEOUT", "5")]
+    r = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert lines and "rank 1 stopped answering" in lines[0], r.stderr[-3000:]

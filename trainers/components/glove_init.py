@@ -68,19 +68,98 @@ def _first_line(path: str) -> str:
         return f.readline()
 
 
+class _SavedKeyedVectors:
+    """Stands in for gensim's KeyedVectors while unpickling: plain attributes, no code of its own."""
+
+
+#: the gensim classes a ``.kv`` / ``.model`` pickle may name; each becomes a :class:`_SavedKeyedVectors`
+_GENSIM_CLASSES = {
+    ("gensim.models.keyedvectors", "KeyedVectors"),
+    ("gensim.models.keyedvectors", "Word2VecKeyedVectors"),
+    ("gensim.models.keyedvectors", "Vocab"),
+    ("gensim.models.keyedvectors", "CompatVocab"),
+}
+
+
+def _restricted_unpickler():
+    """A :class:`~datasets.conversation.format.SafeUnpickler` (containers, scalars, numpy arrays)
+    that also accepts gensim's KeyedVectors classes, as inert attribute holders."""
+    import pickle
+
+    from datasets.conversation.format import SafeUnpickler
+
+    class KeyedVectorsUnpickler(SafeUnpickler):
+        def find_class(self, module: str, name: str):
+            if (module, name) in _GENSIM_CLASSES:
+                return _SavedKeyedVectors
+            if module == "copyreg" and name == "_reconstructor":
+                import copyreg
+
+                return copyreg._reconstructor
+            if module == "builtins" and name == "object":
+                return object
+            try:
+                return super().find_class(module, name)
+            except pickle.UnpicklingError:
+                raise pickle.UnpicklingError(
+                    f"forbidden global {module}.{name} (a word-vector file holds only gensim KeyedVectors, "
+                    "containers and numpy arrays)") from None
+
+    return KeyedVectorsUnpickler
+
+
+def load_saved_keyed_vectors(path: str):
+    """Word vectors from a gensim ``KeyedVectors.save`` file, read WITHOUT running pickled code.
+
+    The pickle may name only gensim's KeyedVectors classes (rebuilt as plain attribute holders),
+    containers, scalars and numpy arrays; anything else (e.g. ``os.system``) is refused. Arrays
+    gensim stored beside the file (``<path>.vectors.npy``) are read with ``allow_pickle=False``.
+    Returns a fresh gensim ``KeyedVectors`` built from the keys and the vectors.
+    """
+    import pickle
+
+    from gensim.models import KeyedVectors
+
+    with open(path, "rb") as f:
+        obj = _restricted_unpickler()(f).load()
+    if not isinstance(obj, _SavedKeyedVectors):
+        raise ValueError(f"not a gensim KeyedVectors file (holds a {type(obj).__name__})")
+    attrs = vars(obj)
+    keys = attrs.get("index_to_key")
+    if keys is None and isinstance(attrs.get("vocab"), dict):  # gensim 3: vocab[word].index
+        keys = sorted(attrs["vocab"], key=lambda w: vars(attrs["vocab"][w]).get("index", 0))
+    vectors = attrs.get("vectors")
+    if vectors is None:
+        side = f"{path}.vectors.npy"
+        if not os.path.isfile(side):
+            raise ValueError(f"the vectors are stored separately and {side} is missing")
+        vectors = np.load(side, allow_pickle=False)
+    if keys is None or not isinstance(vectors, np.ndarray) or vectors.ndim != 2 or len(keys) != len(vectors):
+        raise ValueError("not a gensim KeyedVectors file (no matching index_to_key and vectors)")
+    if not all(isinstance(k, str) for k in keys):
+        raise pickle.UnpicklingError("KeyedVectors keys must be strings")
+    kv = KeyedVectors(int(vectors.shape[1]), count=0, dtype=vectors.dtype)
+    kv.add_vectors(list(keys), vectors)
+    return kv
+
+
 def load_word_vectors(path: str, key: str = "TRAINER.EMOCOOP.GLOVE_MODEL"):
-    """A gensim ``KeyedVectors`` from a ``.kv``/``.model`` file, word2vec binary or word2vec/GloVe text."""
+    """A gensim ``KeyedVectors`` from a ``.kv``/``.model`` file (restricted unpickling, see
+    :func:`load_saved_keyed_vectors`), word2vec binary or word2vec/GloVe text (parsed, never unpickled)."""
+    import pickle
+
     from gensim.models import KeyedVectors
 
     try:
         if path.endswith((".kv", ".model")):
-            return KeyedVectors.load(path)
+            return load_saved_keyed_vectors(path)
         if path.endswith(".bin"):
             return KeyedVectors.load_word2vec_format(path, binary=True)
         head = _first_line(path).split()
         has_header = len(head) == 2 and all(t.isdigit() for t in head)
         return KeyedVectors.load_word2vec_format(path, binary=False, no_header=not has_header)
-    except (OSError, ValueError, EOFError, UnicodeDecodeError, AttributeError) as e:
+    except (OSError, ValueError, EOFError, UnicodeDecodeError, AttributeError, pickle.UnpicklingError, TypeError,
+            IndexError, KeyError, ImportError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"{key}: cannot read word vectors from {path}: {first}") from None
 

@@ -19,11 +19,11 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
-
-from configs.fileio import atomic_torch_save
 import torch.nn as nn
 
-from configs.errors import ConfigError
+from configs.errors import CheckpointError, ConfigError
+from configs.fileio import atomic_torch_save, safe_torch_load
+from configs.killpoints import killpoint
 from configs.registry import Registry
 
 from .glove_init import xavier_projection
@@ -84,7 +84,7 @@ class TorchvisionFeatures(FeatureExtractor):
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
             model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-        except (RuntimeError, OSError, KeyError, AttributeError) as e:
+        except Exception as e:  # noqa: BLE001 - a refused pickle, a bad file, wrong keys: one line
             first = str(e).replace("\n", " ")[:200]
             raise ConfigError(f"TRAINER.EMOCOOP.CLUSTER_WEIGHTS {weights!r} does not fit {arch}: {first}") from None
         for attr in ("fc", "classifier", "head", "heads"):
@@ -154,13 +154,14 @@ def cache_file(cache_dir: str, dataset: str, extractor: FeatureExtractor, k: int
 def cached_centres(path: str, compute: Callable[[], np.ndarray]) -> torch.Tensor:
     """Centres from ``path`` if it exists, else ``compute()`` saved there (atomically)."""
     if path and os.path.isfile(path):
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            logger.info(f"visual prompt k-means centres from the cache {path}")
-            return data["centres"].float()
-        except (RuntimeError, OSError, KeyError, EOFError) as e:
-            logger.warning(f"ignoring the unreadable k-means cache {path}: {e}")
+        data = safe_torch_load(path, "k-means cache")
+        centres = data.get("centres") if isinstance(data, dict) else None
+        if not torch.is_tensor(centres) or centres.dim() != 2 or not torch.isfinite(centres).all():
+            raise CheckpointError(f"k-means cache {path} holds no finite [k, F] 'centres' tensor: delete it to recompute")
+        logger.info(f"visual prompt k-means centres from the cache {path}")
+        return centres.float()
     centres = torch.from_numpy(np.asarray(compute(), dtype=np.float32))
+    killpoint("cache:kmeans")
     if path:
         atomic_torch_save({"centres": centres}, path)
         logger.info(f"cached the visual prompt k-means centres in {path}")

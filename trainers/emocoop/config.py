@@ -64,7 +64,7 @@ def add_emocoop_config(cfg: CN) -> None:
     n.WEIGHT_SCORE = "hit@2"  # validation metric the schedule follows (the paper's "Recall@2")
     n.COLOR_FUSION = "fusion"  # fusion (learned, into the image feature) | residual (added to the logits)
     n.COLOR_FOURIER_TEMPERATURE = 10.0  # softmax temperature of the Fourier path
-    n.FINAL_MODEL = "best_val"  # weights for the final test: best_val | last_step | "" (= TEST.FINAL_MODEL)
+    n.FINAL_MODEL = ""  # weights for the final test: best_val | last_step | "" (= TEST.FINAL_MODEL, last_step as in Dassl)
 
 
 def check_emocoop_config(cfg: CN) -> None:

@@ -6,21 +6,33 @@ Everything here degrades to single-process no-ops otherwise.
 """
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Any, List
 
 import torch
 import torch.distributed as dist
 
+from configs.errors import EmoLabError
 
-def init_distributed(use_cuda: bool) -> torch.device:
-    """Join the process group if launched by torchrun; return this process's device."""
+
+_TIMEOUT = {"seconds": 600.0}
+
+
+class RankStopped(EmoLabError):
+    """Another process of the run stopped answering within ``TRAIN.DIST_TIMEOUT``."""
+
+
+def init_distributed(use_cuda: bool, timeout_s: float = 600.0) -> torch.device:
+    """Join the process group if launched by torchrun; return this process's device. Collectives
+    wait at most ``timeout_s`` seconds (``TRAIN.DIST_TIMEOUT``) for the other processes."""
     cuda = use_cuda and torch.cuda.is_available()
+    _TIMEOUT["seconds"] = float(timeout_s)
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         if cuda:
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
     if cuda:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
@@ -47,12 +59,56 @@ def barrier() -> None:
         dist.barrier()
 
 
+_CALLS = {"n": 0}
+
+
+def _store():
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except Exception:  # noqa: BLE001 - no store: the error cannot name the rank
+        return None
+
+
+def _checked(what: str, fn) -> Any:
+    """Run a collective; a process that stopped answering becomes one line naming its rank.
+
+    Before each collective every rank records in the process group's key-value store how many
+    collectives it has entered; when one times out (``TRAIN.DIST_TIMEOUT``), the ranks whose count is
+    behind this one's are the ones that stopped answering."""
+    _CALLS["n"] += 1
+    n, me = _CALLS["n"], get_rank()
+    store = _store()
+    if store is not None:
+        try:
+            store.set(f"emolab/collectives/{me}", str(n))
+        except Exception:  # noqa: BLE001
+            store = None
+    try:
+        return fn()
+    except RuntimeError:
+        behind = []
+        if store is not None:
+            for r in range(get_world_size()):
+                if r == me:
+                    continue
+                key = f"emolab/collectives/{r}"
+                try:
+                    count = int(store.get(key)) if store.check([key]) else 0
+                except Exception:  # noqa: BLE001
+                    continue
+                if count < n:
+                    behind.append(r)
+        who = ("rank " + ", ".join(map(str, behind))) if behind else "another process"
+        raise RankStopped(f"{who} stopped answering during {what} (no reply within TRAIN.DIST_TIMEOUT "
+                          f"{_TIMEOUT['seconds']:g} s); this is rank {me}") from None
+
+
 def all_gather_object(obj: Any) -> List[Any]:
     """Every rank's ``obj``, in rank order (a one-element list without a process group)."""
     if not is_dist():
         return [obj]
     out: List[Any] = [None] * get_world_size()
-    dist.all_gather_object(out, obj)
+    _checked("all_gather_object", lambda: dist.all_gather_object(out, obj))
     return out
 
 
@@ -61,7 +117,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     if not is_dist():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    _checked("broadcast_object", lambda: dist.broadcast_object_list(box, src=src))
     return box[0]
 
 

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from configs.fileio import atomic_torch_save
+from configs.killpoints import killpoint
 from datasets.base import Datum
 from datasets.loader import DatasetWrapper, stack_targets  # noqa: F401  (re-exported)
 
@@ -99,6 +100,7 @@ def load_or_build(path: str, key: Dict[str, Any], build: Callable[[], torch.Tens
         except Exception as e:  # noqa: BLE001 - an unreadable cache is rebuilt
             logger.warning(f"feature cache {path} unreadable ({str(e).splitlines()[0]}): rebuilding")
     feats = build()
+    killpoint("cache:features")
     if write:
         atomic_torch_save({"key": key_text, "features": feats}, path)
         logger.info(f"feature cache written: {path} {tuple(feats.shape)}")

@@ -9,11 +9,8 @@ that reads ``trainer.last_val`` must come after :class:`EvalHook`.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any, Dict, Optional
-
-from .checkpoint import ckpt_name
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +117,10 @@ class EvalHook(HookBase):
 
 
 class CheckpointHook(HookBase):
-    """Saves ``model.pth.tar-<epoch>`` after every epoch (keeping the periodic ones and the last),
-    and ``model-best.pth.tar`` when validation improved. Only rank 0 writes."""
+    """Commits the epoch after every other hook's ``after_epoch`` (the engine puts it last):
+    ``model.pth.tar-<epoch>`` of every module plus the run state that makes them visible at once
+    (:mod:`trainers.engine.runstate`). The latest epoch and every ``period``-th one are kept;
+    ``model-best.pth.tar`` follows validation. Only rank 0 writes."""
 
     def __init__(self, period: int) -> None:
         self.period = period
@@ -131,11 +130,6 @@ class CheckpointHook(HookBase):
         t = self.trainer
         epoch = t.epoch + 1
         t.save_model(epoch, is_best=t.is_best, val_result=t.last_val)
-        if self.prev is not None and not (self.period > 0 and self.prev % self.period == 0) and t.is_main:
-            for name in t.get_model_names():
-                old = os.path.join(t.output_dir, name, ckpt_name(self.prev))
-                if os.path.exists(old):
-                    os.remove(old)
         self.prev = epoch
 
     def state_dict(self) -> Dict[str, Any]:

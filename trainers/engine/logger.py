@@ -55,13 +55,36 @@ class MetricsWriter:
             except ImportError:
                 logging.getLogger(LOGGER_NAME).warning("tensorboard is not installed: no TensorBoard logs")
 
+    #: records of the epoch in progress, written out only after the epoch's commit (None: write at once)
+    held: Optional[list] = None
+
     def write(self, record: Dict[str, Any]) -> None:
         if not self.enabled:
             return
         record = {**record, "time": now()}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
+        if self.held is not None:
+            self.held.append(record)
+            return
+        self.append([record])
+
+    def append(self, records: list) -> None:
+        """Append ``records`` to the file (one write; the run state holds them already)."""
+        if self.enabled and records:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in records))
+                f.flush()
+
+    def rewrite(self, records: list) -> None:
+        """Replace the file by exactly ``records`` (atomically; a resumed run's committed records)."""
+        if not self.enabled:
+            return
+        from configs.fileio import atomic_write
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in records))
+
+        atomic_write(self.path, write)
 
     def scalars(self, tag: str, values: Dict[str, float], step: int) -> None:
         if self._tb is not None:

@@ -25,11 +25,14 @@ import torch
 import torch.nn as nn
 
 from configs.errors import CheckpointError, ConfigError, EmoLabError
+from configs.fileio import atomic_torch_save
+from configs.killpoints import killpoint
 from trainers.evaluation import build_evaluator
 
 from . import dist
 from .data import build_data_and_loaders
-from .checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
+from . import runstate
+from .checkpoint import checkpoint_path, ckpt_name, load_checkpoint
 from .hooks import CheckpointHook, EvalHook, HookBase, LRSchedulerHook, ProgressHook
 from .logger import MetricsWriter
 from .optim import build_lr_scheduler, build_optimizer
@@ -52,7 +55,7 @@ class TrainerBase:
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
-        self.device = dist.init_distributed(cfg.USE_CUDA)
+        self.device = dist.init_distributed(cfg.USE_CUDA, float(getattr(cfg.TRAIN, "DIST_TIMEOUT", 600.0)))
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0
         self.output_dir = cfg.OUTPUT_DIR
@@ -64,8 +67,16 @@ class TrainerBase:
         self._optims: Dict[str, Optional[torch.optim.Optimizer]] = OrderedDict()
         self._scheds: Dict[str, Any] = OrderedDict()
         self.is_best, self.last_val = False, None
-        self.stop_training = False  # a hook (e.g. early stopping) sets this to end training after the epoch
-        self.writer = MetricsWriter(self.output_dir, enabled=self.is_main)
+        self._stop = False  # a hook (e.g. early stopping) sets stop_training to end training after the epoch
+        self.evaluating_only = runstate.MODE["value"] == "eval"
+        self.writer = MetricsWriter(self.output_dir, enabled=self.is_main, tensorboard=not self.evaluating_only)
+        if self.evaluating_only and runstate.holds_run(self.output_dir):
+            self.writer.path = os.path.join(self.output_dir, runstate.EVAL_RECORDS)  # never the run's metrics
+        elif not self.evaluating_only:
+            self.writer.held = []  # an epoch's records reach metrics.jsonl only after its commit
+        self.records: List[Dict[str, Any]] = []  # committed metrics records
+        self.manifest: Optional[Dict[str, Any]] = None  # the last committed run state
+        self.loaded_checkpoint: Optional[Dict[str, Any]] = None  # what load_model loaded last
         if cfg.SEED >= 0:
             set_seed(cfg.SEED)
         self.build_data()
@@ -77,9 +88,22 @@ class TrainerBase:
             self.model = torch.compile(self.model)
         self._wrap_ddp()
         self.hooks: List[HookBase] = []
-        for h in self.build_hooks():
+        hooks = list(self.build_hooks())
+        # the checkpoint hook commits the epoch, so it runs after every other hook's after_epoch
+        hooks = [h for h in hooks if not isinstance(h, CheckpointHook)] + [h for h in hooks if isinstance(h, CheckpointHook)]
+        for h in hooks:
             h.trainer = self
             self.hooks.append(h)
+
+    @property
+    def stop_training(self) -> bool:
+        return self._stop
+
+    @stop_training.setter
+    def stop_training(self, value: bool) -> None:
+        if value and not self._stop:
+            killpoint("early_stop", self.epoch + 1)
+        self._stop = bool(value)
 
     # ------------------------------------------------------------------ to override
     def precision_setting(self) -> str:
@@ -185,16 +209,51 @@ class TrainerBase:
 
     # ------------------------------------------------------------------ checkpoints
     def extra_state(self) -> Dict[str, Any]:
-        return {"hooks": [h.state_dict() for h in getattr(self, "hooks", [])]}
+        """Engine state saved with every epoch: hook state, ``stop_training`` and the RNG state."""
+        import random
+
+        import numpy as np
+
+        np_state = np.random.get_state()
+        return {
+            "hooks": [h.state_dict() for h in getattr(self, "hooks", [])],
+            "stop_training": bool(self.stop_training),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": [np_state[0], torch.from_numpy(np_state[1].astype("int64")), int(np_state[2]),
+                          int(np_state[3]), float(np_state[4])],
+                "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+            },
+        }
 
     def load_extra_state(self, state: Dict[str, Any]) -> None:
         for h, s in zip(self.hooks, state.get("hooks", [])):
             h.load_state_dict(s)
+        self._stop = bool(state.get("stop_training", False))
+        rng = state.get("rng")
+        if rng:
+            import random
+
+            import numpy as np
+
+            torch.set_rng_state(rng["torch"])
+            n = rng["numpy"]
+            np.random.set_state((n[0], n[1].numpy().astype("uint32"), n[2], n[3], n[4]))
+            py = rng["python"]
+            random.setstate((py[0], tuple(py[1]), py[2]))
 
     def save_model(self, epoch: int, is_best: bool = False, val_result: Optional[dict] = None) -> None:
+        """Commit epoch ``epoch`` (see :mod:`trainers.engine.runstate`): every module's Dassl file,
+        then the run state naming them (the commit), then the best link, markers, deletions and
+        the epoch's metrics records. Only rank 0 writes."""
         if not self.is_main:
             return
+        out = self.output_dir
+        engine = self.extra_state()
+        prev = self.manifest or {}
+        files = {}
         for name, module in self._models.items():
+            killpoint(f"before_save:{name}", epoch)
             opt, sch = self._optims[name], self._scheds[name]
             state = {
                 "state_dict": module.state_dict(),
@@ -203,9 +262,66 @@ class TrainerBase:
                 "scheduler": sch.state_dict() if sch is not None else None,
                 "val_result": dict(val_result) if val_result else None,
                 "scaler": self.scaler.state_dict(),
-                "engine": self.extra_state(),
+                "engine": engine,
             }
-            save_checkpoint(state, os.path.join(self.output_dir, name), is_best=is_best)
+            path = os.path.join(out, name, ckpt_name(epoch))
+            self._write(lambda p=path, st=state: (os.makedirs(os.path.dirname(p), exist_ok=True),
+                                                   atomic_torch_save(st, p)), path)
+            files[name] = os.path.join(name, ckpt_name(epoch))
+            killpoint(f"after_save:{name}", epoch)
+        period = self.cfg.TRAIN.CHECKPOINT_FREQ
+        alive_prev = [k for k in prev.get("alive", []) if k != epoch]
+        alive = sorted({k for k in alive_prev if period > 0 and k % period == 0} | {epoch})
+        held = list(self.writer.held or [])
+        manifest = {
+            "version": 1,
+            "epoch": epoch,
+            "max_epoch": self.max_epoch,
+            "modules": list(self._models),
+            "files": files,
+            "best_epoch": epoch if is_best else prev.get("best_epoch"),
+            "stop_training": bool(self.stop_training),
+            "alive": alive,
+            "obsolete": sorted(k for k in alive_prev if k not in alive),
+            "records": self.records + held,
+            "finished": False,
+            "final": None,
+        }
+        self._write(lambda: runstate.write_manifest(out, manifest), os.path.join(out, runstate.MANIFEST))
+        self.manifest, self.records = manifest, manifest["records"]
+        runstate.LAST_COMMIT.update(dir=out, epoch=epoch, finished=False)
+        killpoint("after_commit", epoch)
+        self._write(lambda: runstate.apply_commit(out, manifest), out)
+        killpoint("before_records", epoch)
+        self._write(lambda: self.writer.append(held), self.writer.path)
+        if self.writer.held is not None:
+            self.writer.held = []
+
+    @staticmethod
+    def _write(fn, path: str) -> None:
+        """Run a write; a failed one (disk full, read-only) is a one-line error, earlier files intact."""
+        try:
+            fn()
+        except OSError as e:
+            raise runstate.write_error(path, e) from None
+
+    def _commit_final(self, results: Dict[str, float], checkpoint: Optional[Dict[str, Any]]) -> None:
+        """Record that the run finished (final test done) in the run state, then in metrics.jsonl."""
+        if not self.is_main:
+            return
+        held = list(self.writer.held or [])
+        manifest = dict(self.manifest or {"version": 1, "epoch": 0, "max_epoch": self.max_epoch, "modules": [],
+                                          "files": {}, "best_epoch": None, "alive": [], "obsolete": []})
+        manifest.update(records=self.records + held, finished=True, stop_training=bool(self.stop_training),
+                        final={"checkpoint": checkpoint, "metrics": results})
+        out = self.output_dir
+        self._write(lambda: runstate.write_manifest(out, manifest), os.path.join(out, runstate.MANIFEST))
+        self.manifest, self.records = manifest, manifest["records"]
+        runstate.LAST_COMMIT.update(dir=out, epoch=manifest["epoch"], finished=True)
+        killpoint("after_final_commit")
+        self._write(lambda: self.writer.append(held), self.writer.path)
+        if self.writer.held is not None:
+            self.writer.held = []
 
     def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
         """Load weights only (``--model-dir/--load-epoch``; epoch None = best, else latest)."""
@@ -217,6 +333,7 @@ class TrainerBase:
             ckpt = load_checkpoint(path)
             self._load_state_dict(module, ckpt["state_dict"], path)
             val = ckpt.get("val_result")
+            self.loaded_checkpoint = {"file": os.path.basename(path), "epoch": ckpt.get("epoch")}
             logger.info(f"loaded {path} (epoch {ckpt.get('epoch')}" + (f", val {val})" if val else ")"))
 
     @staticmethod
@@ -227,24 +344,95 @@ class TrainerBase:
             first = str(e).replace("\n", " ").replace("\t", "")
             raise CheckpointError(f"checkpoint {path} does not fit the model: {first[:300]}") from None
 
+    def _recover_from_files(self, directory: str, manifest: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        """A run state rebuilt from the checkpoint files (no or dangling ``run_state.json``/markers)."""
+        names = list(self._models)
+        k = runstate.scan_checkpoints(directory, names)
+        if k is None:
+            left = [os.path.join(n, f"model.pth.tar-{k}") for n in names
+                    for k in runstate.epochs_on_disk(os.path.join(directory, n))]
+            if left:
+                raise CheckpointError(
+                    f"{directory} holds checkpoint files ({', '.join(left[:4])}) but no complete, readable epoch of "
+                    f"every module ({', '.join(names)}): use a new --output-dir, or --restart to start over there")
+            return None
+        if manifest is not None:
+            records = [r for r in manifest.get("records", []) if not r.get("final") and int(r.get("epoch", 0)) <= k]
+        else:
+            records = self._records_from_file(k)
+        logger.warning(f"no valid run state in {directory}: resuming from the latest complete checkpoint files "
+                       f"(epoch {k})")
+        return {"version": 1, "epoch": k, "max_epoch": self.max_epoch, "modules": names,
+                "files": {n: os.path.join(n, ckpt_name(k)) for n in names}, "best_epoch": None,
+                "stop_training": False, "alive": [k], "obsolete": [], "records": records, "finished": False,
+                "final": None, "recovered": True}
+
+    def _records_from_file(self, k: int) -> List[Dict[str, Any]]:
+        """Records of epochs <= k in an older run's metrics.jsonl, each (split, epoch) once."""
+        import json
+
+        path = os.path.join(self.output_dir, "metrics.jsonl")
+        out, seen = [], set()
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    try:
+                        r = json.loads(line)
+                    except ValueError:
+                        continue
+                    key = (r.get("split"), r.get("epoch"))
+                    if isinstance(r, dict) and not r.get("final") and int(r.get("epoch", 0)) <= k and key not in seen:
+                        seen.add(key)
+                        out.append(r)
+        return out
+
     def resume_if_possible(self, directory: str) -> int:
-        """Restore models, optimisers, schedulers and hook state from ``directory``; return the epoch."""
-        paths = [latest_checkpoint(os.path.join(directory, n)) for n in self._models]
-        if not paths or any(p is None for p in paths):
+        """Restore models, optimisers, schedulers, scaler, hook, early-stopping and RNG state from the
+        run state in ``directory`` (or, without a valid one, from the latest complete checkpoint
+        files); return the epoch. Also finishes the follow-up of the last commit."""
+        names = list(self._models)
+        m = runstate.read_manifest(directory)
+        if m is not None and m.get("epoch", 0) == 0 and not m.get("finished"):
+            return 0  # the run started but committed no epoch: files on disk are uncommitted leftovers
+        if m is not None and m.get("epoch", 0) > 0:
+            files = m.get("files", {})
+            if set(files) != set(names) or not all(os.path.isfile(os.path.join(directory, files[n])) for n in names):
+                logger.warning(f"{runstate.MANIFEST} in {directory} names missing checkpoint files")
+                m = self._recover_from_files(directory, m)
+        elif m is None and names:
+            m = self._recover_from_files(directory, None)
+        if m is None:
             return 0
-        epoch = 0
-        for (name, module), path in zip(self._models.items(), paths):
+        epoch = int(m["epoch"])
+        engine: Dict[str, Any] = {}
+        for i, name in enumerate(names):
+            path = os.path.join(directory, m["files"][name])
             ckpt = load_checkpoint(path)
-            self._load_state_dict(module, ckpt["state_dict"], path)
+            if int(ckpt.get("epoch", -1)) != epoch:
+                raise CheckpointError(f"checkpoint {path} holds epoch {ckpt.get('epoch')}, the run state says {epoch}")
+            self._load_state_dict(self._models[name], ckpt["state_dict"], path)
             if self._optims[name] is not None and ckpt.get("optimizer"):
                 self._optims[name].load_state_dict(ckpt["optimizer"])
             if self._scheds[name] is not None and ckpt.get("scheduler"):
                 self._scheds[name].load_state_dict(ckpt["scheduler"])
             if ckpt.get("scaler"):
                 self.scaler.load_state_dict(ckpt["scaler"])
-            self.load_extra_state(ckpt.get("engine") or {})
-            epoch = int(ckpt["epoch"])
-        logger.info(f"resumed from {directory} at epoch {epoch}")
+            if i == 0:
+                engine = ckpt.get("engine") or {}
+        self.load_extra_state(engine)
+        self._stop = bool(m.get("stop_training", self._stop))
+        self.records = list(m.get("records", []))
+        self.manifest = m
+        if self.is_main and os.path.abspath(directory) == os.path.abspath(self.output_dir):
+            runstate.remove_temporaries(directory, names)
+            self._write(lambda: runstate.apply_commit(directory, m), directory)
+            if m.get("recovered"):
+                self._write(lambda: runstate.write_manifest(directory, m), os.path.join(directory, runstate.MANIFEST))
+        if self.is_main:
+            self._write(lambda: self.writer.rewrite(self.records), self.writer.path)
+        runstate.LAST_COMMIT.update(dir=self.output_dir, epoch=epoch, finished=False)
+        logger.info(f"resumed from {directory} at epoch {epoch}"
+                    + (" (training had stopped early)" if self.stop_training else ""))
         return epoch
 
     # ------------------------------------------------------------------ training
@@ -284,11 +472,22 @@ class TrainerBase:
         """Run the epochs, then the final test; returns the final test metrics."""
         resume_dir = self.cfg.RESUME or self.output_dir
         self.start_epoch = self.resume_if_possible(resume_dir)
+        if self.start_epoch == 0 and self.is_main:
+            # an empty run state first: from now on only committed epochs count (files alone do not)
+            self.manifest = {"version": 1, "epoch": 0, "max_epoch": self.max_epoch, "modules": list(self._models),
+                             "files": {}, "best_epoch": None, "stop_training": False, "alive": [], "obsolete": [],
+                             "records": [], "finished": False, "final": None}
+            self._write(lambda: runstate.write_manifest(self.output_dir, self.manifest),
+                        os.path.join(self.output_dir, runstate.MANIFEST))
         self._call("before_train")
         self.num_batches = len(self.train_loader)
         show_bar = self.is_main and self.cfg.TRAIN.PROGRESS_BAR and sys.stderr.isatty()
         t0 = time.time()
-        for self.epoch in range(self.start_epoch, self.max_epoch):
+        epochs = range(self.start_epoch, self.max_epoch)
+        if self.stop_training:
+            logger.info(f"training had stopped early after epoch {self.start_epoch}: going to the final test")
+            epochs = range(0)
+        for self.epoch in epochs:
             if self.cfg.SEED >= 0:
                 set_seed(self.cfg.SEED * 1000 + self.epoch)
             if hasattr(self.train_loader.sampler, "set_epoch"):
@@ -321,13 +520,21 @@ class TrainerBase:
         self._call("after_train")
         logger.info("Finish training")  # Dassl's line, exactly: CoOp's parse_test_res.py reads results after it
         logger.info(f"training time: {time.time() - t0:.1f}s")
-        if self.start_epoch >= self.max_epoch:
-            self.epoch = self.max_epoch - 1
-            logger.info("the run had already finished all epochs")
+        if not len(epochs) and self.start_epoch > 0:
+            self.epoch = self.start_epoch - 1
+            if self.start_epoch >= self.max_epoch:
+                logger.info("the run had already finished all epochs")
         return self.final_test()
 
     def final_test(self) -> Dict[str, float]:
+        """Test the model TEST.FINAL_MODEL names, then commit the run as finished (records which
+        checkpoint was tested, so ``--eval-only`` evaluates the same one)."""
+        if self.cfg.TEST.FINAL_MODEL not in ("best_val", "last_step"):
+            raise ConfigError(f"unknown TEST.FINAL_MODEL {self.cfg.TEST.FINAL_MODEL!r} (last_step or best_val)")
+        last = (self.manifest or {}).get("epoch", 0)
+        used = {"file": ckpt_name(last), "epoch": last} if self._models and last else None
         if self.cfg.TEST.NO_TEST:
+            self._commit_final({}, used)
             return {}
         if self.cfg.TEST.FINAL_MODEL == "best_val":
             if self.has_val and any(
@@ -335,11 +542,15 @@ class TrainerBase:
             ):
                 logger.info("loading the best validation model for the final test")
                 self.load_model(self.output_dir, epoch=None)
+                used = self.loaded_checkpoint
             else:
                 logger.warning("TEST.FINAL_MODEL best_val but no validation checkpoint: testing the last model")
-        elif self.cfg.TEST.FINAL_MODEL != "last_step":
-            raise ConfigError(f"unknown TEST.FINAL_MODEL {self.cfg.TEST.FINAL_MODEL!r} (last_step or best_val)")
-        return self.test(final=True)
+        self.final_checkpoint = used
+        if used:
+            logger.info(f"final test of {used['file']} (epoch {used['epoch']})")
+        results = self.test(final=True)
+        self._commit_final(results, used)
+        return results
 
     # ------------------------------------------------------------------ evaluation
     def test(self, split: Optional[str] = None, final: bool = True) -> Dict[str, float]:
@@ -356,10 +567,12 @@ class TrainerBase:
             raise ConfigError(f"the dataset has no {split} split")
         self.set_model_mode("eval")
         logits_l, index_l, tgt_l = [], [], {}
-        for batch in loader:
+        for i, batch in enumerate(loader):
             batch = to_device(batch, self.device)
             with autocast(self.precision, self.device):
                 logits = self.inference(batch)
+            if i == 0:
+                killpoint(f"eval:{split}", self.epoch + 1)  # the kill harness: in the middle of an evaluation
             logits_l.append(logits.float())
             index_l.append(batch["index"])
             for k in ("label", "labels", "dist", "va"):
@@ -383,7 +596,11 @@ class TrainerBase:
             logger.info(f"evaluate on the *{split}* set")
             self.evaluator.process(merged.pop("logits"), merged)
             results = {k: float(v) for k, v in self.evaluator.evaluate().items()}
-            self.writer.write({"split": split, "epoch": self.epoch + 1, "final": final, "metrics": results})
+            record = {"split": split, "epoch": self.epoch + 1, "final": final, "metrics": results}
+            ck = getattr(self, "final_checkpoint", None) if final else None
+            if ck:
+                record["checkpoint"] = ck  # the checkpoint this final test (or evaluation) used
+            self.writer.write(record)
             self.writer.scalars(split, results, self.epoch + 1)
             self.last_outputs = merged
         results = dist.broadcast_object(results)
