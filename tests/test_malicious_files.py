@@ -1,7 +1,8 @@
 """No file a user downloads can run code: every load site that reads a user file, fed a pickle whose
 ``__reduce__`` would create a marker file. The marker never appears and the error is one line.
 
-Sites: training checkpoints (resume, ``--model-dir``), CLIP weights, CNN backbone weights, the k-means
+Sites: training checkpoints (resume, ``--model-dir``, official CoOp files through the allow-list),
+CLIP weights (safetensors/pickle and OpenAI TorchScript archives), CNN backbone weights, the k-means
 feature extractor's weights, VEGA conversation features, anchor files, VA stage-1 weights, GloVe /
 word2vec ``.kv`` and ``.model`` files, the k-means cache, the feature cache and the decoded-image cache.
 (UniEmoX's own load sites are covered where that method lives.)
@@ -56,6 +57,20 @@ def site_clip_weights(tmp, bad, marker):
 
     _torch_file(bad, marker, lambda o: {"visual.conv1.weight": o})
     read_checkpoint(bad)
+
+
+def site_openai_torchscript_archive(tmp, bad, marker):
+    """An OpenAI-style ``.pt`` (TorchScript zip: code/ + data.pkl) whose data.pkl carries the payload."""
+    import zipfile
+
+    from clip.checkpoint import read_checkpoint
+
+    pt = os.path.join(tmp, "ViT-B-16.pt")
+    _torch_file(pt, marker, lambda o: {"visual.conv1.weight": o})
+    with zipfile.ZipFile(pt, "a") as zf:
+        prefix = zf.namelist()[0].split("/", 1)[0]
+        zf.writestr(f"{prefix}/code/__torch__/model.py", "class CLIP(Module):\n  __parameters__ = []\n")
+    read_checkpoint(pt)
 
 
 def site_cnn_weights(tmp, bad, marker):
@@ -138,10 +153,10 @@ def site_decoded_cache(tmp, bad, marker):
     Image.new("RGB", (8, 8)).save(img)
     data = [Datum(impath=img, label=0)]
     cache = os.path.join(tmp, "dec")
-    decode_all(data, (4, 4), "bilinear", cache)  # writes the cache file
+    decode_all(data, cache)  # writes the cache file
     (path,) = [os.path.join(cache, f) for f in os.listdir(cache)]
     _torch_file(path, marker)
-    decode_all(data, (4, 4), "bilinear", cache)
+    decode_all(data, cache)
 
 
 SITES = {name[5:]: fn for name, fn in globals().items() if name.startswith("site_")}
