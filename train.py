@@ -7,6 +7,9 @@
 
 Config merge order: defaults -> registered extensions -> dataset yaml -> trainer yaml ->
 flags -> trailing KEY VALUE opts -> freeze. User errors print one line and exit with 2.
+
+Methods, datasets and evaluators kept outside the repository are imported with
+``--import my_project.methods`` (repeatable) or ``EMOLAB_IMPORT=my_project.methods,other``.
 """
 from __future__ import annotations
 
@@ -43,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", type=str, default="", help="load the model from this directory for --eval-only")
     p.add_argument("--load-epoch", type=int, default=None, help="epoch of the checkpoint to load (default: best, else last)")
     p.add_argument("--no-train", action="store_true", help="build everything, do not train")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module that registers trainers, components, datasets or evaluators "
+                        "(repeatable; also $EMOLAB_IMPORT, comma-separated)")
     p.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p
 
@@ -100,23 +106,31 @@ def log_environment(cfg) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from trainers.extensions import import_extensions
     from trainers import build_trainer
+
+    import_extensions(args.imports)
     from trainers.engine import dist
     from trainers.engine.logger import setup_logging
 
     cfg = setup_cfg(args)
     is_main = int(os.environ.get("RANK", 0)) == 0
     setup_logging(cfg.OUTPUT_DIR, is_main)
+    name = "config.yaml"
     if is_main:
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        name = "config.yaml"
         if args.eval_only and os.path.exists(os.path.join(cfg.OUTPUT_DIR, name)):
             name = "config-eval.yaml"  # keep the training run's config
         save_cfg(cfg, os.path.join(cfg.OUTPUT_DIR, name))
     log_environment(cfg)
     logger.info(f"command: {' '.join(sys.argv)}")
     if cfg.VERBOSE:
-        logger.info("config:\n" + cfg.dump())
+        from configs.config import config_diff
+
+        diff = config_diff(cfg, get_cfg())
+        where = os.path.join(cfg.OUTPUT_DIR, name) if is_main else "config.yaml"
+        logger.info(f"config ({len(diff)} keys differ from the defaults; all keys in {where}):"
+                    + "".join(f"\n  {k}: {v!r}" for k, v in diff))
     trainer = build_trainer(cfg)
     try:
         if args.eval_only:
