@@ -62,7 +62,10 @@ def decode_all(data: Sequence[Datum], size: Tuple[int, int], interpolation: str,
         path = os.path.join(cache_dir, f"decoded_{h.hexdigest()[:20]}.pt")
         if os.path.isfile(path):
             return torch.load(path, map_location="cpu", weights_only=True)
-    out = torch.from_numpy(np.stack([decode(d.impath, size, interpolation) for d in data]))
+    from configs.progress import progress
+
+    out = torch.from_numpy(np.stack([decode(d.impath, size, interpolation)
+                                     for d in progress(data, desc="decoding images", unit="img")]))
     if path:
         atomic_torch_save(out, path)
     return out

@@ -198,7 +198,7 @@ def main(argv=None) -> int:
                 failed += 1
                 status = f"FAILED (exit {code}: {err}); see {run.output_dir}/log.txt"
         acc = f"accuracy {run.result['accuracy']:.1f}" if run.result else ""
-        line = f"[{i:2d}/{len(runs)}] {run.label():40s} {acc:15s} ({status})"
+        line = f"[{i:2d}/{len(runs)}] {run.label():48s} {acc:15s} ({status})"
         if bar is not None:
             bar.write(line)
             bar.update()

@@ -20,7 +20,6 @@ Exit status 0 when at least one figure was written, 2 otherwise.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from typing import Dict, List, Optional, Sequence
@@ -80,7 +79,8 @@ def plot_fewshot(entries: List[dict], metrics: List[str], path: str) -> Optional
     entries = [e for e in entries if e["classes"] == "all" and e["shots"]]
     if not entries:
         return None
-    numeric = sorted({int(e["shots"]) for e in entries if e["shots"] != "all"})
+    trained = [e for e in entries if e["method"] not in ZERO_SHOT]
+    numeric = sorted({int(e["shots"]) for e in trained if e["shots"] != "all"})
     top = max(numeric) if numeric else 1
     all_x = 2 * top  # "all" sits one octave right of the largest shot count
     variants: Dict[str, set] = {}
@@ -109,7 +109,7 @@ def plot_fewshot(entries: List[dict], metrics: List[str], path: str) -> Optional
             if any(p[3] > 1 for p in pts):
                 ax.fill_between(xs, [m - s for m, s in zip(ms, ss)], [m + s for m, s in zip(ms, ss)],
                                 color=color, alpha=0.18, lw=0)
-        ticks = numeric + ([all_x] if any(e["shots"] == "all" for e in entries) else [])
+        ticks = numeric + ([all_x] if any(e["shots"] == "all" for e in trained) else [])
         ax.set_xscale("log", base=2)
         ax.set_xticks(ticks, [str(t) if t != all_x or t in numeric else "all" for t in ticks])
         ax.minorticks_off()

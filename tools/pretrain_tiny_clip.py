@@ -6,13 +6,14 @@ with the demo's generator under a *different seed* (so no demo image is ever see
 each one from the cues that were actually drawn, not from its emotion label: the background
 colour, the texture, the shapes with their number and colour, the clutter and the lighting, with a
 random subset of them mentioned in a random template each time the image is seen. Only
-``--emotion-rate`` of the captions (default 5%) add an emotion word, as an occasional alt-text
-would. Training is CLIP's symmetric InfoNCE (identical captions in a batch count as positives of
+``--emotion-rate`` of the captions (default 5%) add an emotion word (the emotion's name, "it evokes
+awe", or an adjective, "a gloomy scene"), as an occasional alt-text would. Training is CLIP's symmetric InfoNCE (identical captions in a batch count as positives of
 each other). The result is saved as fp16 safetensors:
 
     python tools/pretrain_tiny_clip.py --out clip/weights/emolab-tiny-vit.safetensors
 
-Deterministic for a given ``--seed`` on a given torch build (CPU, about 6 minutes on 2 cores).
+Deterministic for a given ``--seed`` on a given torch build (CPU: about 5 minutes on 2 idle cores,
+run with ``OMP_NUM_THREADS=1`` when other jobs share them).
 """
 from __future__ import annotations
 
@@ -77,37 +78,37 @@ def colour_word(rgb) -> str:
 
 
 def caption(cues: dict, primary: str, rng: np.random.Generator, emotion_rate: float) -> str:
-    """One caption of an image from its drawn ``cues``: a random subset of them in a random template."""
-    bg = colour_word(cues["background"])
-    texture = TEXTURE_WORDS[cues["texture"]][int(rng.integers(3))]
+    """One caption of an image from its drawn ``cues``: each cue mentioned with a high probability,
+    in one of a few sentence forms (alt-text is rarely complete or uniform)."""
+    bg = colour_word(cues["background"]) if rng.random() < 0.85 else ""
+    texture = TEXTURE_WORDS[cues["texture"]][int(rng.integers(3))] if rng.random() < 0.85 else ""
     objs = []
     for shape, count, rgb in cues["shapes"]:
         one, many = SHAPE_WORDS[shape]
         noun = one if count == 1 else many
         num = "a" if count == 1 else NUMBERS.get(count, "several")
-        objs.append(f"{num} {colour_word(rgb)} {noun}" if rng.random() < 0.6 else f"{num} {noun}")
+        objs.append(f"{num} {colour_word(rgb)} {noun}" if rng.random() < 0.7 else f"{num} {noun}")
     things = " and ".join(objs)
-    parts = []
     kind = rng.random()
-    if kind < 0.3:
-        text = f"{things} on a {bg} background with {texture}"
-    elif kind < 0.5:
-        text = f"a {bg} picture of {things}"
+    if kind < 0.4:
+        text = things + (f" on a {bg} background" if bg else "") + (f" with {texture}" if texture else "")
     elif kind < 0.7:
-        text = f"{texture} in {bg}, {things}"
-    elif kind < 0.85:
-        text = f"a photo of {things}"
+        text = (f"a {bg} picture" if bg else "a picture") + (f" with {texture}" if texture else "") + f" showing {things}"
     else:
-        text = f"a {bg} image with {texture}"
-    parts.append(text)
+        text = (f"{texture} in {bg}" if texture and bg else texture or (f"a {bg} background" if bg else "a background"))
+        text += f", {things}"
+    parts = [text]
     if cues["distractors"] >= 2 and rng.random() < 0.5:
         parts.append("cluttered with small shapes")
     if rng.random() < 0.2:
         light = cues["lighting"]
         parts.append("dimly lit" if light < 0.95 else "brightly lit" if light > 1.05 else "evenly lit")
-    if rng.random() < emotion_rate:
-        word = EMOTION_WORDS[primary][int(rng.integers(3))]
-        parts.append(f"a {word} scene" if rng.random() < 0.5 else f"it feels {word}")
+    if rng.random() < emotion_rate:  # the emotion named as alt-text sometimes does: the noun or an adjective
+        if rng.random() < 0.4:
+            parts.append(f"it evokes {primary}")
+        else:
+            word = EMOTION_WORDS[primary][int(rng.integers(3))]
+            parts.append(f"a {word} scene" if rng.random() < 0.5 else f"it feels {word}")
     return ", ".join(parts) + "."
 
 

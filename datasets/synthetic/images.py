@@ -219,9 +219,13 @@ def write_synthetic(out_dir: str, settings: SyntheticSettings) -> Dict[str, int]
     counts = {"train": settings.n_train_per_class, "val": settings.n_val_per_class, "test": settings.n_test_per_class}
     n_cls = len(CLASSNAMES)
     rows: List[list] = []
+    from configs.progress import progress
+
+    bar = progress(total=sum(counts.values()) * n_cls, desc="generating synthetic images", unit="img")
     for split, per_class in counts.items():
         os.makedirs(os.path.join(out_dir, "images", split), exist_ok=True)
         for k in range(per_class * n_cls):
+            bar.update()
             primary = k % n_cls
             rng = np.random.default_rng([GENERATOR_VERSION, settings.seed, SPLIT_CODES[split], k])
             blend, w = -1, 0.0
@@ -234,6 +238,7 @@ def write_synthetic(out_dir: str, settings: SyntheticSettings) -> Dict[str, int]
             Image.fromarray(img).save(os.path.join(out_dir, rel), format="PNG")
             names = [CLASSNAMES[primary]] + ([CLASSNAMES[blend]] if blend >= 0 else [])
             rows.append([rel, split, CLASSNAMES[primary], "_".join(names)] + [f"{p:.6f}" for p in dist] + [va[0], va[1]])
+    bar.close()
     header = ["path", "split", "label", "labels"] + [f"dist_{c}" for c in CLASSNAMES] + ["valence", "arousal"]
     with open(os.path.join(out_dir, "annotations.csv"), "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")

@@ -61,7 +61,7 @@ def build_clip_backbone(cfg, device: torch.device):
     if not name:
         raise ConfigError("MODEL.BACKBONE.NAME is empty: name a CLIP architecture, e.g. ViT-B/16 or emolab-tiny-vit")
     weights = resolve_pretrained(name, cfg.MODEL.BACKBONE.PRETRAINED)
-    logger.info(f"loading CLIP {name} ({weights or 'random init'})")
+    logger.debug(f"loading CLIP {name} ({weights or 'random init'})")
     return load_clip(name, pretrained=weights, device=device)
 
 

@@ -69,7 +69,7 @@ def summary_line(split: str, epoch: int, max_epoch: int, results: Dict[str, floa
                  limit: int = 6) -> str:
     """``val [3/10] accuracy 71.25 | macro_f1 70.10 | ...``: the main metric first, at most ``limit``."""
     keys = [main_metric] if main_metric in results else []
-    keys += [k for k in results if k != main_metric and not k.startswith(("f1_", "ap_", "acc_"))]
+    keys += [k for k in results if k != main_metric and k != "error" and not k.startswith(("f1_", "ap_", "acc_"))]
     shown = " | ".join(f"{k} {format_value(k, results[k])}" for k in keys[:limit])
     more = len(keys) - limit
     return f"{split} [{epoch}/{max_epoch}] {shown}" + (f" (+{more} more in metrics.jsonl)" if more > 0 else "")

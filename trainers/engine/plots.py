@@ -133,8 +133,11 @@ def plot_training_curves(trainer: Any) -> Optional[str]:
     val_keys: List[str] = []
     for r in val.values():
         val_keys += [k for k in r["metrics"] if k not in val_keys]
-    val_keys = ([main] if main in val_keys else []) + [k for k in val_keys if k != main]
-    val_keys = [k for k in val_keys if not k.startswith(("f1_", "ap_")) and k != "error"][:4]
+    suffix = main.split("_", 1)[1] if main.startswith(("valence_", "arousal_")) else None
+    val_keys = ([main] if main in val_keys else []) + [k for k in val_keys if k != main and suffix and k.endswith(suffix)] \
+        + [k for k in val_keys if k != main and not (suffix and k.endswith(suffix))]
+    val_keys = [k for k in val_keys if not k.startswith(("f1_", "ap_")) and k != "error"
+                and not k.endswith("_p")][:4]  # p-values and error (= 100 - accuracy) say nothing new
     loss_keys: List[str] = []
     for r in train.values():
         loss_keys += [k for k in r["metrics"] if k not in loss_keys]
@@ -173,6 +176,8 @@ def plot_training_curves(trainer: Any) -> Optional[str]:
     positive = [v for v in lrs if v > 0]
     if positive and max(positive) / min(positive) > 50:
         ax.set_yscale("log")
+    elif lrs:
+        ax.set_ylim(0, 1.15 * max(lrs) if max(lrs) > 0 else 1)  # a constant LR reads as constant
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3)) if ax.get_yscale() == "linear" else None
     _integer_epochs(ax)
 
@@ -183,8 +188,10 @@ def plot_training_curves(trainer: Any) -> Optional[str]:
         ax.plot(ve, ys, marker="o", ms=3, color="tab:orange")
         if k == main and ys:
             b = int(np.argmax(ys))
-            ax.plot([ve[b]], [ys[b]], marker="*", ms=12, color="tab:red", label=f"best {ys[b]:.2f} (epoch {ve[b]})")
-            ax.legend(fontsize=7, loc="lower right")
+            tested = "best-validation model" if trainer.cfg.TEST.FINAL_MODEL == "best_val" else "last epoch"
+            ax.plot([ve[b]], [ys[b]], marker="*", ms=12, color="tab:red",
+                    label=f"best {ys[b]:.2f} (epoch {ve[b]})\nfinal test used the {tested}")
+            ax.legend(fontsize=7, loc="best")
         ax.set_title(f"validation {k}" + (" (main)" if k == main else ""))
         ax.set_xlabel("epoch")
         _integer_epochs(ax)
@@ -198,7 +205,13 @@ def plot_training_curves(trainer: Any) -> Optional[str]:
 # ---------------------------------------------------------------------------------------- evaluation
 def plot_evaluation(trainer: Any, split: str, outputs: torch.Tensor, targets: Dict[str, torch.Tensor],
                     results: Dict[str, float]) -> List[str]:
-    """The figures that fit the trainer's evaluator, for the final evaluation on ``split``."""
+    """The figures that fit the trainer's evaluator, for the final evaluation on ``split`` (paths written)."""
+    return plot_evaluation_figures(trainer, split, outputs, targets, results) or []
+
+
+@safe_plot
+def plot_evaluation_figures(trainer: Any, split: str, outputs: torch.Tensor, targets: Dict[str, torch.Tensor],
+                            results: Dict[str, float]) -> List[str]:
     ev = getattr(trainer, "evaluator", None)
     kind = type(ev).__name__
     out: List[Optional[str]] = []
@@ -331,13 +344,13 @@ def plot_pr_curves(scores: torch.Tensor, labels: torch.Tensor, names: List[str],
         p, r, ap = pr_curve(s[:, c], y[:, c])
         aps.append(ap)
         ax.step(r, p, where="post", color=cmap(c % cmap.N), lw=1.4,
-                label=f"{name} (AP {100 * ap:.1f}, n={int(y[:, c].sum())})")
+                label=f"{name} (AP {100 * ap:.1f}, {int(y[:, c].sum())} positives)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
-    ax.set_title(f"{title}\nper-class precision-recall; mAP {100 * float(np.mean(aps)) if aps else 0:.1f}",
-                 fontsize=9)
+    ax.set_title(f"{title}\nper-class precision-recall; mAP {100 * float(np.mean(aps)) if aps else 0:.1f} "
+                 f"(a random ranking sits at the class's share of positives, ~{100 * float(y.mean()):.0f}%)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left", ncol=1 if len(names) <= 10 else 2)
     fig.tight_layout()
@@ -373,20 +386,24 @@ def plot_distributions(pred: torch.Tensor, true: torch.Tensor, names: List[str],
     plt = _plt()
     p, t = pred.float().numpy(), true.float().numpy()
     n_examples = min(n_examples, len(p))
-    fig, axes = plt.subplots(1, 1 + n_examples, figsize=(3.3 * (1 + n_examples), 3.6), squeeze=False,
-                             sharey=True)
+    cols = min(3, 1 + n_examples)
+    rows = -(-(1 + n_examples) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False, sharey=True)
     axes = axes.ravel()
+    for ax in axes[1 + n_examples:]:
+        ax.axis("off")
     x = np.arange(len(names))
     picks = np.linspace(0, len(p) - 1, n_examples).round().astype(int) if n_examples else []
     panels = [("mean over the split", t.mean(0), p.mean(0))] + [
-        (f"sample {i}", t[i], p[i]) for i in picks]
+        (f"{split} image #{i}", t[i], p[i]) for i in picks]
     for ax, (name, tt, pp) in zip(axes, panels):
         ax.bar(x - 0.2, tt, 0.4, label="true", color="tab:gray")
         ax.bar(x + 0.2, pp, 0.4, label="predicted", color="tab:blue")
         ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
         ax.set_title(name, fontsize=9)
         ax.set_ylim(0, 1)
-    axes[0].set_ylabel("probability")
+    for ax in axes[::cols]:
+        ax.set_ylabel("probability")
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{title}: predicted vs true emotion distributions", fontsize=9)
     fig.tight_layout()
