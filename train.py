@@ -123,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
             name = "config-eval.yaml"  # keep the training run's config
         save_cfg(cfg, os.path.join(cfg.OUTPUT_DIR, name))
     log_environment(cfg)
-    logger.info(f"command: {' '.join(sys.argv)}")
+    argv = getattr(args, "argv", None)
+    logger.info(f"command: {' '.join(sys.argv) if argv is None else 'train.py ' + ' '.join(argv)}")
     if cfg.VERBOSE:
         from configs.config import config_diff
 
@@ -146,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = None if argv is None else list(argv)
     try:
         return run(args)
     except EmoLabError as e:

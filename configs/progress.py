@@ -132,10 +132,20 @@ def progress(iterable: Optional[Iterable] = None, total: Optional[int] = None, d
 
 
 class TqdmLoggingHandler(logging.StreamHandler):
-    """A stream handler that writes through ``tqdm.write`` so log lines never glue to a bar."""
+    """A stream handler that writes through ``tqdm.write`` so log lines never glue to a bar.
+
+    Without a stream it writes to whatever ``sys.stdout`` is when a record comes (a notebook's or a
+    test's captured output, a redirected one), never to a stream that has since been closed.
+    """
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._follow_stdout = stream is None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            if self._follow_stdout:
+                self.stream = sys.stdout
             msg = self.format(record)
             try:
                 from tqdm import tqdm

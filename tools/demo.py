@@ -1,6 +1,6 @@
 """The quick-start demo: zero-shot CLIP, a linear probe, CoOp and CoCoOp on the synthetic emotion data.
 
-    python tools/demo.py [--seeds 1 2] [--shots 1 4 16] [--output-root output/demo] [--root data]
+    python tools/demo.py [--seeds 1 2] [--shots 1 4 16 -1] [--output-root output/demo] [--root data]
 
 Everything runs on the CPU with the project's tiny CLIP (``emolab-tiny-vit``, pre-trained by
 ``tools/pretrain_tiny_clip.py`` on captions that describe the scene, shapes and colours of
@@ -9,8 +9,8 @@ synthetic images generated with another seed; emotion words are rare in them). T
 
 It shows two protocols of the CoOp / CoCoOp papers:
 
-1. **few-shot**: each method trained on 1, 4 and 16 images per class (zero-shot CLIP needs none),
-   tested on all 8 classes;
+1. **few-shot**: each method trained on 1, 4 and 16 images per class and on all 40 (zero-shot CLIP
+   needs none), tested on all 8 classes;
 2. **base-to-new** (CoCoOp): prompts learnt on the 4 base classes (16 shots), tested on the base
    classes and on the 4 new classes never seen in training (``DATASET.SUBSAMPLE_CLASSES base|new``);
    HM = harmonic mean of the base and new accuracies.
@@ -71,7 +71,7 @@ class Run:
         return args + opts
 
     def label(self) -> str:
-        shots = "0 shots" if self.trainer == "ZeroshotCLIP" else f"{self.shots} shots"
+        shots = shots_label(0 if self.trainer == "ZeroshotCLIP" else self.shots)
         what = "" if self.classes == "all" else f", {self.classes} classes"
         return f"{self.trainer}, {shots}{what}, seed {self.seed}"
 
@@ -129,9 +129,13 @@ def fmt(values: List[float]) -> str:
     return f"{m:.1f} ± {s:.1f}"
 
 
+def shots_label(k: int) -> str:
+    return "all shots (40)" if k < 0 else "1 shot" if k == 1 else f"{k} shots"
+
+
 def fewshot_table(runs: List[Run], shots: Sequence[int]) -> str:
     cols = ["0"] + [str(k) for k in shots]
-    lines = ["| method | " + " | ".join(f"{c} shots" for c in cols) + " |",
+    lines = ["| method | " + " | ".join(shots_label(int(c)) for c in cols) + " |",
              "|---|" + "--:|" * len(cols)]
     for trainer, (_, name) in METHODS.items():
         cells = []
@@ -164,7 +168,7 @@ def base_to_new_table(runs: List[Run]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
-    p.add_argument("--shots", nargs="+", type=int, default=[1, 4, 16])
+    p.add_argument("--shots", nargs="+", type=int, default=[1, 4, 16, -1], help="-1 = all 40 per class")
     p.add_argument("--output-root", default="output/demo")
     p.add_argument("--root", default="data")
     args = p.parse_args(argv)
@@ -172,8 +176,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("EMOLAB_PROGRESS", "0")  # the runs' own bars would fight the demo's
     t0 = time.time()
     runs = plan(args.seeds, args.shots, args.output_root, args.root)
-    print(f"EmoLab demo: {len(runs)} runs (zero-shot CLIP, linear probe, CoOp, CoCoOp; shots "
-          f"{', '.join(map(str, args.shots))}; seeds {', '.join(map(str, args.seeds))}; then base-to-new). "
+    print(f"EmoLab demo: {len(runs)} runs (zero-shot CLIP, linear probe, CoOp, CoCoOp; "
+          f"{', '.join(shots_label(k) for k in args.shots)}; seeds {', '.join(map(str, args.seeds))}; then base-to-new). "
           f"Each run's log, metrics and plots: {args.output_root}/", flush=True)
     bar = None
     try:

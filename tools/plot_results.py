@@ -86,7 +86,7 @@ def plot_fewshot(entries: List[dict], metrics: List[str], path: str) -> Optional
     variants: Dict[str, set] = {}
     for e in entries:
         variants.setdefault(e["method"], set()).add((e["config"], e["tag"]))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.8 * len(metrics), 4.2), squeeze=False)
     cmap = plt.get_cmap("tab10")
     for ax, metric in zip(axes[0], metrics):
         lines: Dict[str, List[tuple]] = {}
@@ -97,7 +97,9 @@ def plot_fewshot(entries: List[dict], metrics: List[str], path: str) -> Optional
             x = all_x if e["shots"] == "all" else int(e["shots"])
             m, s, _ = summarize(vals)
             lines.setdefault(_name(e, len(variants[e["method"]]) > 1), []).append((x, m, s, len(vals), e["method"]))
-        for i, (name, pts) in enumerate(lines.items()):
+        order = list(NICE.values())
+        ranked = sorted(lines.items(), key=lambda kv: (order.index(kv[0].split(" (")[0]) if kv[0].split(" (")[0] in order else 99, kv[0]))
+        for i, (name, pts) in enumerate(ranked):
             pts.sort()
             color = cmap(i % 10)
             if pts[0][4] in ZERO_SHOT:
@@ -116,9 +118,12 @@ def plot_fewshot(entries: List[dict], metrics: List[str], path: str) -> Optional
         ax.set_xlabel("training images per class (shots)")
         ax.set_ylabel(f"test {metric} (%)")
         ns = sorted({len(v) for e in entries for v in [e['values'].get(metric, [])] if v})
-        ax.set_title(f"{metric}: mean over seeds, band = ± 1 std (n = {'/'.join(map(str, ns))})", fontsize=9)
+        ax.set_title(f"test {metric} vs training images per class\nmean over seeds, band = ± 1 std "
+                     f"(ddof=1, n = {'/'.join(map(str, ns))} seeds)", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo - 0.04 * (hi - lo), hi)  # keep a zero-shot line at the bottom visible
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
@@ -134,9 +139,11 @@ def plot_base_to_new(entries: List[dict], metric: str, path: str) -> Optional[st
     pairs: Dict[str, Dict[str, List[float]]] = {}
     for e in entries:
         if e["classes"] in ("base", "new") and e["values"].get(metric):
-            shots = "" if e["method"] in ZERO_SHOT else f", {e['shots']} shots"
+            shots = "" if e["method"] in ZERO_SHOT else f", {e['shots']} shots per base class"
             pairs.setdefault(NICE.get(e["method"], e["method"]) + shots, {})[e["classes"]] = e["values"][metric]
-    pairs = {k: v for k, v in pairs.items() if "base" in v and "new" in v}
+    order = list(NICE.values())
+    pairs = dict(sorted(((k, v) for k, v in pairs.items() if "base" in v and "new" in v),
+                        key=lambda kv: (order.index(kv[0].split(",")[0]) if kv[0].split(",")[0] in order else 99, kv[0])))
     if not pairs:
         return None
     fig, ax = plt.subplots(figsize=(1.9 * len(pairs) + 2.5, 4.2))
@@ -148,9 +155,10 @@ def plot_base_to_new(entries: List[dict], metric: str, path: str) -> Optional[st
         hm = 2 * b * n / (b + n) if b + n > 0 else 0.0
         for j, (key, val, err) in enumerate((("base", b, sb), ("new", n, sn), ("HM", hm, None))):
             x = i + (j - 1) * width
+            show_err = bool(err) and len(v.get(key, [])) > 1
             ax.bar(x, val, width, color=colors[key], label=key if i == 0 else None,
-                   yerr=err if err and len(v.get(key, [])) > 1 else None, capsize=3)
-            ax.text(x, val + 1.5, f"{val:.1f}", ha="center", fontsize=7)
+                   yerr=err if show_err else None, capsize=3)
+            ax.text(x, val + (err if show_err else 0) + 1.5, f"{val:.1f}", ha="center", fontsize=7)
     ax.set_xticks(range(len(pairs)), list(pairs), fontsize=8)
     ax.set_ylim(0, 105)
     ax.set_ylabel(f"test {metric} (%)")

@@ -12,7 +12,7 @@ each other). The result is saved as fp16 safetensors:
 
     python tools/pretrain_tiny_clip.py --out clip/weights/emolab-tiny-vit.safetensors
 
-Deterministic for a given ``--seed`` on a given torch build (CPU: about 5 minutes on 2 idle cores,
+Deterministic for a given ``--seed`` on a given torch build (CPU: 5 to 10 minutes on 2 cores,
 run with ``OMP_NUM_THREADS=1`` when other jobs share them).
 """
 from __future__ import annotations

@@ -47,7 +47,7 @@ def setup_logging(output_dir: str, is_main: bool) -> logging.Logger:
     from configs.progress import TqdmLoggingHandler
 
     quiet_third_party()
-    stream = TqdmLoggingHandler(sys.stdout)
+    stream = TqdmLoggingHandler()  # follows sys.stdout
     stream.setFormatter(_Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     stream._emolab = True  # type: ignore[attr-defined]
     root.addHandler(stream)
