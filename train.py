@@ -7,6 +7,9 @@
 
 Config merge order: defaults -> registered extensions -> dataset yaml -> trainer yaml ->
 flags -> trailing KEY VALUE opts -> freeze. User errors print one line and exit with 2.
+
+Methods, datasets and evaluators kept outside the repository are imported with
+``--import my_project.methods`` (repeatable) or ``EMOLAB_IMPORT=my_project.methods,other``.
 """
 from __future__ import annotations
 
@@ -46,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-train", action="store_true", help="build everything, do not train")
     p.add_argument("--restart", action="store_true",
                    help="start over in an OUTPUT_DIR that holds a run (its checkpoints and metrics are removed)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module that registers trainers, components, datasets or evaluators "
+                        "(repeatable; also $EMOLAB_IMPORT, comma-separated)")
     p.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p
 
@@ -120,7 +126,10 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from trainers.extensions import import_extensions
     from trainers import build_trainer
+
+    import_extensions(args.imports)  # before the config: extensions add config nodes
     from trainers.engine import dist, runstate
     from trainers.engine.logger import setup_logging
 
@@ -143,19 +152,25 @@ def run(args: argparse.Namespace) -> int:
             return 0
         runstate.MODE["value"] = "eval" if args.eval_only else "train"
         setup_logging(out, is_main)
+        name = "config.yaml"
         if is_main:
             if what == "restart":
                 removed = runstate.clear_run(out)
                 logger.info(f"--restart: removed the earlier run's {len(removed)} file(s) in {out}")
-            name = "config.yaml"
             if args.eval_only and os.path.exists(os.path.join(out, name)):
                 name = "config-eval.yaml"  # keep the training run's config
             if what != "resume" or not os.path.exists(os.path.join(out, name)):
                 save_cfg(cfg, os.path.join(out, name))  # a resumed run keeps the config.yaml that describes it
         log_environment(cfg)
-        logger.info(f"command: {' '.join(sys.argv)}")
+        argv = getattr(args, "argv", None)
+        logger.info(f"command: {' '.join(sys.argv) if argv is None else 'train.py ' + ' '.join(argv)}")
         if cfg.VERBOSE:
-            logger.info("config:\n" + cfg.dump())
+            from configs.config import config_diff
+
+            diff = config_diff(cfg, get_cfg())
+            where = os.path.join(out, name) if is_main else "config.yaml"
+            logger.info(f"config ({len(diff)} keys differ from the defaults; all keys in {where}):"
+                        + "".join(f"\n  {k}: {v!r}" for k, v in diff))
         trainer = build_trainer(cfg)
         try:
             if args.eval_only:
@@ -182,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv=None) -> int:
     """Run the command line in this process; Ctrl-C propagates as KeyboardInterrupt (see :func:`cli`)."""
     args = build_parser().parse_args(argv)
+    args.argv = None if argv is None else list(argv)
     try:
         return run(args)
     except EmoLabError as e:

@@ -30,9 +30,43 @@ def get_cfg(with_extensions: bool = True) -> CN:
     if with_extensions:
         if not len(CONFIG_EXTENSIONS):
             raise ConfigError("no config extensions registered: import trainers first (use trainers.get_cfg)")
-        for _, fn in CONFIG_EXTENSIONS.items():
+        # the project's own extensions first, then out-of-tree ones (``--import``), each checked
+        for _, fn in sorted(CONFIG_EXTENSIONS.items(), key=lambda kv: (is_external(kv[1]), kv[0])):
+            before = dict(flatten(cfg))
             fn(cfg)
+            _check_no_redefinition(fn, before, cfg)
     return cfg
+
+
+def is_external(obj: Any) -> bool:
+    """True for an object defined outside the project's packages (an ``--import`` extension)."""
+    module = getattr(obj, "__module__", "") or ""
+    return module.split(".")[0] not in ("configs", "datasets", "trainers", "clip", "tools")
+
+
+def _check_no_redefinition(fn: Any, before: dict, cfg: CN) -> None:
+    """An extension may add keys, never replace or change existing ones (one-line ConfigError)."""
+    after = dict(flatten(cfg))
+    changed = [k for k, v in before.items() if k not in after or after[k] != v or type(after[k]) is not type(v)]
+    if changed:
+        node = changed[0].rsplit(".", 1)[0] if "." in changed[0] else changed[0]
+        where = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__name__', fn)}"
+        raise ConfigError(
+            f"config extension {where} redefines the existing config node {node} "
+            f"({len(changed)} existing key(s) changed, e.g. {changed[0]}): add a new node instead"
+        )
+
+
+def config_diff(cfg: CN, reference: CN) -> List[tuple]:
+    """``[(full_key, value)]`` of the leaves of ``cfg`` that differ from (or are absent in) ``reference``."""
+    ref = dict(flatten(reference))
+    out = []
+    for k, v in flatten(cfg):
+        r = ref.get(k, object())
+        same = r == v or (isinstance(r, (list, tuple)) and isinstance(v, (list, tuple)) and list(r) == list(v))
+        if not same:
+            out.append((k, v))
+    return out
 
 
 def _key_error(full_key: str, node: CN, key: str, source: str) -> ConfigError:

@@ -94,7 +94,9 @@ def decode_all(data: Sequence[Datum], cache_dir: str = "") -> DecodedImages:
                 raise CheckpointError(f"decoded-image cache {path} does not hold the {len(data)} images expected: "
                                       "delete it to rebuild")
             return DecodedImages(obj["data"], obj["offsets"], obj["sizes"])
-    arrays = [decode(d.impath) for d in data]
+    from configs.progress import progress
+
+    arrays = [decode(d.impath) for d in progress(data, desc="decoding images", unit="img")]
     sizes = torch.tensor([a.shape[1:] for a in arrays], dtype=torch.int64).reshape(-1, 2)
     counts = torch.tensor([a.size for a in arrays], dtype=torch.int64)
     offsets = torch.cumsum(counts, 0) - counts

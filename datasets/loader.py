@@ -1,4 +1,4 @@
-"""Data loaders whose batches are dicts (see the data contract in ARCHITECTURE.md).
+"""Data loaders whose batches are dicts (see the data contract in docs/DESIGN.md).
 
 A batch holds ``img`` FloatTensor[B,3,H,W], ``index`` LongTensor[B] (position in the data
 source), ``impath`` list[str], and every target the data has: ``label`` LongTensor[B],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -32,6 +33,15 @@ def test_coop_trains_logs_and_eval_only_reproduces(tmp_path, data_root):
     assert (out / "config.yaml").exists() and (out / "tensorboard").is_dir()
     trained = final_test(str(out))
     assert set(trained) >= {"accuracy", "error", "macro_f1"}
+    # the LR each epoch used (constant warm-up 1e-4 in epoch 1, then the cosine schedule from 0.002)
+    lrs = [r["lr"] for r in read_metrics(str(out)) if r["split"] == "train"]
+    assert lrs == pytest.approx([1e-4, 0.002])
+    # readable log: timestamps, the config as a diff, validation as one line, plots
+    first = log.splitlines()[0]
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", first)
+    assert "keys differ from the defaults" in log and "  OPTIM.LR: 0.002" in log and "VEGA" not in log
+    assert re.search(r"val \[1/2\] accuracy [\d.]+ \| ", log) and log.count("=> result") == 1
+    assert (out / "plots" / "training_curves.png").is_file() and (out / "plots" / "confusion_matrix_test.png").is_file()
 
     ev = tmp_path / "eval"
     assert run_cli(_args(data_root, ev, COOP_CFG, "--eval-only", "--model-dir", str(out), "--load-epoch", "2")) == 0

@@ -73,7 +73,7 @@ def test_text_tower_without_prompt_embeddings_is_refused_before_any_download(mon
 
 # ------------------------------------------------------------------------------ attributes
 def test_attributes_and_frozen_eval_model(vit, rn):
-    assert (vit.embed_dim, vit.text_width, vit.vision_width, vit.image_size) == (64, 64, 64, 32)
+    assert (vit.embed_dim, vit.text_width, vit.vision_width, vit.image_size) == (128, 64, 128, 32)
     assert (rn.embed_dim, rn.text_width, rn.vision_width, rn.image_size) == (64, 64, 512, 64)
     for c in (vit, rn):
         assert c.context_length == 77 and c.dtype == torch.float32
@@ -104,7 +104,7 @@ def test_encode_text_equals_open_clip(which, request):
     tokens = c.tokenize(TEXTS)
     with torch.no_grad():
         ours, ref = c.encode_text(tokens), c.model.encode_text(tokens)
-    assert ours.shape == (3, 64)
+    assert ours.shape == (3, c.embed_dim) and c.embed_dim == (128 if which == "vit" else 64)
     assert (ours - ref).abs().max() < 1e-5
 
 
@@ -157,7 +157,7 @@ def test_encode_image_equals_open_clip(which, request):
     images = _images(c)
     with torch.no_grad():
         ours, ref = c.encode_image(images), c.model.encode_image(images)
-    assert ours.shape == (3, 64)
+    assert ours.shape == (3, c.embed_dim) and c.embed_dim == (128 if which == "vit" else 64)
     assert (ours - ref).abs().max() < 1e-5
 
 
@@ -167,7 +167,7 @@ def test_visual_prompt_tensor_changes_output_and_receives_gradient(vit):
     out = vit.encode_image(images, prompts=prompts)
     with torch.no_grad():
         plain = vit.encode_image(images)
-    assert out.shape == (3, 64)
+    assert out.shape == (3, 128)
     assert (out - plain).abs().max() > 1e-3
     out.sum().backward()
     assert prompts.grad is not None and prompts.grad.abs().sum() > 0
@@ -294,7 +294,7 @@ def test_mismatched_state_dict_names_file_and_keys(tmp_path, vit, rn):
     torch.save(sd, tmp_path / "shape.pt")
     with pytest.raises(CheckpointError) as e:
         load_clip("emolab-tiny-vit", pretrained=str(tmp_path / "shape.pt"))
-    assert "visual.proj has shape (64, 32) in the file but (64, 64) in the model" in _error(e)
+    assert "visual.proj has shape (64, 32) in the file but (128, 128) in the model" in _error(e)
 
 
 @pytest.mark.parametrize("content, expected", [
@@ -343,4 +343,4 @@ def test_random_init_never_touches_the_network(monkeypatch):
                 monkeypatch.setattr(mod, fn, no_network)
     c = load_clip("emolab-tiny-vit", pretrained="")
     with torch.no_grad():
-        assert c.encode_text(c.tokenize(["offline"])).shape == (1, 64)
+        assert c.encode_text(c.tokenize(["offline"])).shape == (1, 128)

@@ -20,7 +20,7 @@ from trainers.ewmtcnn.trainer import ewmtcnn_loss
 
 EMOTION6 = ["anger", "disgust", "fear", "joy", "sadness", "surprise"]
 E6_MAP = {"joy": "amusement", "surprise": "awe"}
-# REFERENCE.md section 4: rows for Emotion6 with sigma 0.6
+# docs/METHODS.md (EW-MTCNN): rows for Emotion6 with sigma 0.6
 E6_ROWS = [
     [.666, .166, 0, .166, .003, 0],
     [.166, .664, .003, .003, .166, 0],
@@ -44,7 +44,7 @@ def one_thread():
 
 def test_emotion6_wheel_matrix_matches_reference_rows():
     w = build_prior("wheel", EMOTION6, E6_MAP, sigma=0.6).weight.detach().double().numpy()
-    # to 3 decimals; fear / joy on the diagonal are 0.79549 (0.795), which REFERENCE rounds to .796
+    # to 3 decimals; fear / joy on the diagonal are 0.79549 (0.795), which the published table rounds to .796
     assert np.abs(w - np.array(E6_ROWS)).max() < 6e-4
     assert np.allclose(w.sum(1), 1.0)
     # hand value: anger row = [1, g1, g3, g1, g2, g3] / sum, g_d = exp(-d^2 / 0.72)

@@ -83,20 +83,32 @@ def test_parse_results_markdown_and_csv(runs_tree, capsys):
     tmp, accs, f1s = runs_tree
     out_csv = tmp / "res.csv"
     assert parse_results.main([str(tmp / "output"), str(tmp / "coop_runs"), "--csv", str(out_csv)]) == 0
-    rows = table_rows(capsys.readouterr().out)
-    assert rows[0] == ["setting", "n", "accuracy", "accuracy ci95", "error", "error ci95", "macro_f1", "macro_f1 ci95"]
-    body = {r[0]: r for r in rows[2:]}
-    a = os.path.join(str(tmp / "output"), "SyntheticEmotion", "CoOp", "tiny_1shots", "nctx16_cscFalse_ctpend")
+    captured = capsys.readouterr()
+    rows = table_rows(captured.out)
+    # settings as columns (method, config, shots, tag), the std's ddof in the header
+    # (a dataset column because the two folders are read as two datasets)
+    assert rows[0] == ["dataset", "method", "config", "shots", "tag", "n", "accuracy (mean ± std, ddof=1)",
+                       "accuracy ci95", "error (mean ± std, ddof=1)", "error ci95", "macro_f1 (mean ± std, ddof=1)",
+                       "macro_f1 ci95"]
+    rows = [r[1:] for r in rows]
+    body = {(r[0], r[2]): r for r in rows[2:]}
     m, s, ci = expected(accs)
-    assert body[a][1] == "3" and body[a][2] == f"{m:.2f} ± {s:.2f}" and body[a][3] == f"{ci:.2f}"
-    ten = a.replace("tiny_1shots", "tiny_10shots")
-    assert body[ten][1:6] == ["1", "80.00 ± 0.00", "0.00", "-", "-"]  # n=1; no 'error' metric in that run
+    assert body[("CoOp", "1")][:6] == ["CoOp", "tiny", "1", "nctx16_cscFalse_ctpend", "3", f"{m:.2f} ± {s:.2f}"]
+    assert body[("CoOp", "1")][6] == f"{ci:.2f}"
+    # n=1: no meaningful CI; no 'error' metric in that run
+    assert body[("CoOp", "10")][4:9] == ["1", "80.00 ± 0.00", "n<3", "-", "-"]
+    assert body[("coop_runs", "16")][1:5] == ["rn50", "16", "nctx16_cscFalse_ctpend", "2"]
+    assert "warning: 2 of 3 settings have fewer than 3 runs" in captured.err
     # natural order: 1shots before 10shots
-    assert [r[0] for r in rows[2:]].index(a) < [r[0] for r in rows[2:]].index(ten)
+    assert [r[2] for r in rows[2:]].index("1") < [r[2] for r in rows[2:]].index("10")
+    a = os.path.join(str(tmp / "output"), "SyntheticEmotion", "CoOp", "tiny_1shots", "nctx16_cscFalse_ctpend")
+    ten = a.replace("tiny_1shots", "tiny_10shots")
 
     with open(out_csv) as f:
         recs = {r["setting"]: r for r in csv.DictReader(f)}
-    assert list(next(iter(recs.values())))[:5] == ["setting", "n", "accuracy_mean", "accuracy_std", "accuracy_ci95"]
+    assert list(next(iter(recs.values())))[:10] == ["setting", "dataset", "method", "config", "shots", "tag", "n",
+                                                    "accuracy_mean", "accuracy_std", "accuracy_ci95"]
+    assert recs[a]["method"] == "CoOp" and recs[a]["shots"] == "1" and recs[a]["dataset"] == "SyntheticEmotion"
     for metric, values in (("accuracy", accs), ("macro_f1", f1s), ("error", [100 - x for x in accs])):
         m, s, ci = expected(values)
         assert float(recs[a][f"{metric}_mean"]) == pytest.approx(m, abs=1e-6)
@@ -116,11 +128,20 @@ def test_parse_results_metric_selection_and_split(runs_tree, capsys):
     tmp, accs, _ = runs_tree
     assert parse_results.main([str(tmp / "output"), "--metric", "macro_f1"]) == 0
     rows = table_rows(capsys.readouterr().out)
-    assert rows[0] == ["setting", "n", "macro_f1", "macro_f1 ci95"]
+    assert rows[0] == ["method", "config", "shots", "tag", "n", "macro_f1 (mean ± std, ddof=1)", "macro_f1 ci95"]
     assert parse_results.main([str(tmp / "output"), "--split", "val", "--metric", "accuracy"]) == 0
     rows = table_rows(capsys.readouterr().out)
     m, s, _ = expected([x - 10 for x in accs])
-    assert rows[2][2] == f"{m:.2f} ± {s:.2f}"
+    assert rows[2][5] == f"{m:.2f} ± {s:.2f}"
+
+
+def test_parse_results_pivot(runs_tree, capsys):
+    tmp, accs, _ = runs_tree
+    assert parse_results.main([str(tmp / "output"), "--metric", "accuracy", "--pivot"]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    m, s, _ = expected(accs)
+    assert rows[0] == ["accuracy (mean ± std, ddof=1)", "1 shots", "10 shots"]
+    assert rows[2] == ["CoOp", f"{m:.2f} ± {s:.2f} (n=3)", "80.00 ± 0.00 (n=1)"]
 
 
 def test_parse_results_errors(tmp_path, runs_tree, capsys):
@@ -261,7 +282,7 @@ def test_sweep_runs_skips_and_records_failures(configs, tmp_path, capfd):
     capfd.readouterr()
     assert parse_results.main([str(root)]) == 0
     row = table_rows(capfd.readouterr().out)[2]
-    assert row[:2] == [str(setting), "2"] and row[2].startswith("75.00 ± ")
+    assert row[:5] == ["Fake", "tiny_synthetic", "2", "default", "2"] and row[5].startswith("75.00 ± ")
 
 
 def test_sweep_cli_subprocess(configs, tmp_path):

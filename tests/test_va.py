@@ -42,7 +42,7 @@ def lexicon_file(tmp_path_factory):
 def test_lexicon_parser_rescales_and_keeps_multiword_entries(lexicon_file):
     lex = load_nrc_vad(lexicon_file)
     assert len(lex) == 9 and "word" not in lex  # header skipped, blank line ignored
-    assert lex["amusement"] == pytest.approx((8.432, 7.696, 5.0))  # x * 8 + 1 (REFERENCE: 8.43 / 7.70)
+    assert lex["amusement"] == pytest.approx((8.432, 7.696, 5.0))  # x * 8 + 1 (published: 8.43 / 7.70)
     assert lex["a cappella"] == pytest.approx((5.8, 4.2, 5.0))
     assert load_nrc_vad(lexicon_file, scale=4.0, offset=5.0)["sadness"] == pytest.approx((5.208, 6.152, 7.0))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -207,7 +208,7 @@ def test_build_anchors_tool(tmp_path):
     out = str(tmp_path / "anchors.pt")
     assert build_anchor_file(csv_path, out) == 0
     a = load_anchors(out)
-    assert a.classnames == CLASSES and a.dim == 64 and [e.shape[0] for e in a.exemplars] == [2] * 6
+    assert a.classnames == CLASSES and a.dim == 128 and [e.shape[0] for e in a.exemplars] == [2] * 6
     torch.testing.assert_close(a.exemplars[0].norm(dim=-1), torch.ones(2))
     torch.testing.assert_close(a.centers, torch.stack([e.mean(0) for e in a.exemplars]))
     clip = load_clip("emolab-tiny-vit", pretrained=resolve_pretrained("emolab-tiny-vit", ""))
@@ -285,7 +286,9 @@ def test_cli_trains_selects_on_val_and_eval_only_reproduces(tmp_path, anchor_fil
     out = tmp_path / "run"
     assert run_cli(_vega_args(tmp_path, out, anchor_file)) == 0
     log = (out / "log.txt").read_text()
-    assert "evaluate on the *val* set" in log and "* weighted_f1:" in log and "* f1_frustration:" in log
+    # validation: one summary line per evaluation, main metric first; the final test in full
+    assert re.search(r"val \[1/\d+\] weighted_f1 [\d.]+ \| ", log)
+    assert "* weighted_f1:" in log and "* f1_frustration:" in log
     assert "loading the best validation model for the final test" in log
     assert sorted(os.listdir(out / "vega")) == ["checkpoint", "model-best.pth.tar", "model.pth.tar-2"]
     res = final_test(str(out))
@@ -307,7 +310,7 @@ def test_cli_anchor_mismatch_is_one_line_error(tmp_path, anchor_file, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: anchor file") and "classes do not match the dataset" in err and "\n" not in err
     assert run_cli(_vega_args(tmp_path, tmp_path / "o2", anchor_file, opts=["TRAINER.VEGA.CLIP_DIM", "512"])) == 2
-    assert "has 64-d features but the anchor projection outputs 512-d" in capsys.readouterr().err
+    assert "has 128-d features but the anchor projection outputs 512-d" in capsys.readouterr().err
     assert run_cli(_vega_args(tmp_path, tmp_path / "o3", "missing.pt")) == 2
     assert "error: anchor file not found: missing.pt (looked from the working directory and under" in capsys.readouterr().err
 

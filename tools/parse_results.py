@@ -10,9 +10,18 @@ for ``--split`` (default ``test``); when the run has a final record but none for
 (CoOp / Dassl runs) fall back to ``log.txt``: the ``* name: X%`` lines after its last
 ``=> result`` line (``--split`` is then ignored). Runs are grouped by setting = the path with a
 trailing ``seed<k>`` component removed (``--pool fold`` also removes the ``fold-<k>`` parts of
-sweep tags, so k-fold cross-validation runs form one setting over folds x seeds). Each metric cell
-is mean ± sample std (ddof=1, 0 for one seed) and the next column the half-width of the 95% confidence interval of the mean,
-t(0.975, n-1) * std / sqrt(n) (Student t, scipy when installed, else a built-in table).
+sweep tags, so k-fold cross-validation runs form one setting over folds x seeds).
+
+A setting is shown as columns, not as a path: ``method``, ``config``, ``shots`` and ``tag`` are read
+from the sweep layout ``<root>/<dataset>/<method>/<config>_<shots>shots/<tag>/seed<k>``
+(``tools/sweep.py``); for other folders from the run's ``config.yaml`` (``TRAINER.NAME``,
+``DATASET.NUM_SHOTS``) with the folder as the tag. A ``dataset`` column appears when the runs
+span several datasets. Each metric cell is mean ± sample std (ddof=1, as the header says; 0 for
+one run) and the next column the half-width of the 95% confidence interval of the mean,
+t(0.975, n-1) * std / sqrt(n) (Student t, scipy when installed, else a built-in table). With fewer
+than 3 runs that interval is not meaningful: the cell says ``n<3`` and a warning is printed.
+
+``--pivot`` prints one metric as a methods x shots table instead (mean ± std per cell).
 """
 from __future__ import annotations
 
@@ -152,6 +161,35 @@ def group_runs(runs: Sequence[RunResult], pool: Sequence[str] = ()) -> Dict[str,
     return {k: sorted(groups[k], key=lambda r: natural_key(r.path)) for k in sorted(groups, key=natural_key)}
 
 
+SHOTS_DIR = re.compile(r"^(?P<config>.+)_(?P<shots>all|\d+)shots$")
+
+
+def describe(setting: str, sample_run: str = "") -> Dict[str, str]:
+    """``{"dataset", "method", "config", "shots", "tag"}`` of a setting folder (see the module docstring)."""
+    parts = [p for p in os.path.normpath(setting).split(os.sep) if p]
+    if len(parts) >= 3:
+        m = SHOTS_DIR.match(parts[-2])
+        if m:
+            return {"dataset": parts[-4] if len(parts) >= 4 else "", "method": parts[-3],
+                    "config": m.group("config"), "shots": m.group("shots"), "tag": parts[-1]}
+    info = {"dataset": "", "method": "", "config": "", "shots": "", "tag": setting}
+    cfg_path = os.path.join(sample_run or setting, "config.yaml")
+    if os.path.isfile(cfg_path):
+        try:
+            import yaml
+
+            with open(cfg_path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+            info["method"] = str((data.get("TRAINER") or {}).get("NAME", ""))
+            ds = data.get("DATASET") or {}
+            info["dataset"] = str(ds.get("NAME", ""))
+            shots = int(ds.get("NUM_SHOTS", -1))
+            info["shots"] = "all" if shots < 0 else str(shots)
+        except Exception:  # noqa: BLE001 - a setting without a readable config keeps its path as the tag
+            pass
+    return info
+
+
 def common_metrics(group: Sequence[RunResult]) -> List[str]:
     """Metrics present in every run of the group, in first-seen order."""
     return [k for k in group[0].metrics if all(k in r.metrics for r in group)]
@@ -167,7 +205,7 @@ def build_rows(groups: Dict[str, List[RunResult]], metrics: Optional[List[str]])
         cols = list(metrics)
     rows = []
     for setting, group in groups.items():
-        row: dict = {"setting": setting, "n": len(group)}
+        row: dict = {"setting": setting, "n": len(group), **describe(setting, group[0].path)}
         have = common_metrics(group)
         for m in cols:
             row[m] = summarize([r.metrics[m] for r in group]) if m in have else None
@@ -175,26 +213,75 @@ def build_rows(groups: Dict[str, List[RunResult]], metrics: Optional[List[str]])
     return cols, rows
 
 
+SETTING_COLS = ("method", "config", "shots", "tag")
+
+
+def setting_columns(rows: List[dict]) -> List[str]:
+    cols = list(SETTING_COLS)
+    if len({r.get("dataset", "") for r in rows}) > 1:
+        cols.insert(0, "dataset")
+    return cols
+
+
 def markdown(cols: List[str], rows: List[dict]) -> str:
-    header = ["setting", "n"] + [h for m in cols for h in (m, f"{m} ci95")]
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["--:"] * (len(header) - 1)) + "|"]
+    scols = setting_columns(rows)
+    header = scols + ["n"] + [h for m in cols for h in (f"{m} (mean ± std, ddof=1)", f"{m} ci95")]
+    out = ["| " + " | ".join(header) + " |",
+           "|" + "|".join(["---"] * len(scols) + ["--:"] * (len(header) - len(scols))) + "|"]
     for row in rows:
-        cells = [row["setting"], str(row["n"])]
+        cells = [row.get(c, "") or "-" for c in scols] + [str(row["n"])]
         for m in cols:
             s = row[m]
-            cells += [f"{s[0]:.2f} ± {s[1]:.2f}", f"{s[2]:.2f}"] if s else ["-", "-"]
+            ci = f"{s[2]:.2f}" if s and row["n"] >= 3 else "n<3"
+            cells += [f"{s[0]:.2f} ± {s[1]:.2f}", ci] if s else ["-", "-"]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
+def shots_key(shots: str) -> tuple:
+    return (1, 0) if shots in ("all", "") else (0, int(shots))
+
+
+def pivot(metric: str, rows: List[dict]) -> str:
+    """``metric`` as a methods x shots Markdown table (mean ± std, ddof=1)."""
+    shots = sorted({r.get("shots", "") for r in rows}, key=shots_key)
+    labels: Dict[str, Dict[str, str]] = {}
+    by_method: Dict[str, set] = {}
+    for r in rows:
+        by_method.setdefault(r.get("method", ""), set()).add((r.get("config", ""), r.get("tag", "")))
+    for r in rows:
+        variants = by_method[r.get("method", "")]
+        name = r.get("method", "") or r["setting"]
+        if len(variants) > 1:
+            name += f" ({r.get('config', '')}, {r.get('tag', '')})"
+        s = r.get(metric)
+        labels.setdefault(name, {})[r.get("shots", "")] = f"{s[0]:.2f} ± {s[1]:.2f} (n={r['n']})" if s else "-"
+    head = [f"{metric} (mean ± std, ddof=1)"] + [f"{s} shots" if s not in ("all", "") else "all shots" for s in shots]
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["--:"] * len(shots)) + "|"]
+    for name, cells in labels.items():
+        out.append("| " + " | ".join([name] + [cells.get(s, "-") for s in shots]) + " |")
+    return "\n".join(out)
+
+
+def small_n_warning(rows: List[dict]) -> str:
+    few = [r for r in rows if r["n"] < 3]
+    if not few:
+        return ""
+    return (f"warning: {len(few)} of {len(rows)} settings have fewer than 3 runs (n = "
+            f"{', '.join(sorted({str(r['n']) for r in few}))}): a 95% confidence interval from so few runs is not "
+            "meaningful (shown as n<3); run more seeds")
+
+
 def write_csv(path: str, cols: List[str], rows: List[dict]) -> None:
-    header = ["setting", "n"] + [f"{m}_{s}" for m in cols for s in ("mean", "std", "ci95")]
+    """One row per setting: its path, dataset, method, config, shots, tag, n, then per metric mean,
+    std (ddof=1) and ci95."""
+    header = ["setting", "dataset", *SETTING_COLS, "n"] + [f"{m}_{s}" for m in cols for s in ("mean", "std", "ci95")]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(header)
         for row in rows:
-            vals = [row["setting"], row["n"]]
+            vals = [row["setting"], row.get("dataset", ""), *[row.get(c, "") for c in SETTING_COLS], row["n"]]
             for m in cols:
                 vals += list(row[m]) if row[m] else ["", "", ""]
             w.writerow(vals)
@@ -210,6 +297,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--pool", action="append", default=[], metavar="KEY",
                    help="also pool the runs that differ only in this sweep-tag key (repeatable; e.g. fold for "
                         "k-fold cross-validation: statistics over folds x seeds)")
+    p.add_argument("--pivot", action="store_true",
+                   help="print the first --metric (default: the first metric) as a methods x shots table")
     args = p.parse_args(argv)
     for d in args.dirs:
         if not os.path.isdir(d):
@@ -228,7 +317,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: metric {m!r} is in no run ({extra})", file=sys.stderr)
             return 2
     cols, rows = build_rows(group_runs(runs, [k.lower() for k in args.pool]), args.metric)
-    print(markdown(cols, rows))
+    if args.pivot:
+        print(pivot(cols[0], rows))
+    else:
+        print(markdown(cols, rows))
+    warning = small_n_warning(rows)
+    if warning:
+        print(warning, file=sys.stderr)
     if args.csv:
         write_csv(args.csv, cols, rows)
         print(f"wrote {args.csv}", file=sys.stderr)

@@ -19,9 +19,25 @@ def get_cfg(with_extensions: bool = True):
     return _get_cfg(with_extensions)
 
 
-def build_trainer(cfg):
-    """Instantiate the trainer named by ``cfg.TRAINER.NAME``."""
-    return TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg)
+def build_trainer(cfg, setup_logs: bool = True):
+    """Instantiate the trainer named by ``cfg.TRAINER.NAME``.
+
+    An unfrozen config is completed first (the trainer's ``finalize_config``, e.g. the input size
+    of its backbone) and frozen. With ``setup_logs`` and no EmoLab log handler yet (a notebook or
+    script), log lines go to stdout and ``OUTPUT_DIR/log.txt``, as with ``train.py``.
+    """
+    import logging
+    import os
+
+    cls = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
+    if not cfg.is_frozen():
+        cls.finalize_config(cfg)
+        cfg.freeze()
+    if setup_logs and not any(getattr(h, "_emolab", False) for h in logging.getLogger().handlers):
+        from .engine.logger import setup_logging
+
+        setup_logging(cfg.OUTPUT_DIR, int(os.environ.get("RANK", 0)) == 0)
+    return cls(cfg)
 
 
 __all__ = ["TRAINER_REGISTRY", "build_trainer", "get_cfg"]

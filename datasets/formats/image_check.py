@@ -45,7 +45,11 @@ def find_bad_images(paths: Sequence[str], mode: str, workers: int = 8) -> List[T
     unique = list(dict.fromkeys(paths))
     n_workers = max(1, min(workers, (os.cpu_count() or 1) * 2, len(unique)))
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        reasons = dict(zip(unique, pool.map(lambda p: probe_image(p, mode), unique)))
+        from configs.progress import progress
+
+        checked = progress(pool.map(lambda p: probe_image(p, mode), unique), total=len(unique),
+                           desc=f"screening images ({mode})", unit="img")
+        reasons = dict(zip(unique, checked))
     return [(p, reasons[p]) for p in unique if reasons[p] is not None]
 
 

@@ -135,8 +135,14 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb((h / 360.0) % 1.0, float(np.clip(s, 0, 1)), float(np.clip(v, 0, 1))))
 
 
-def render(primary: int, blend: int, w: float, size: int, level: float, rng: np.random.Generator) -> np.ndarray:
-    """One image, uint8 [size, size, 3]. ``blend`` = -1 for none, else a second class at weight ``w``."""
+def render(primary: int, blend: int, w: float, size: int, level: float, rng: np.random.Generator,
+           cues: Union[dict, None] = None) -> np.ndarray:
+    """One image, uint8 [size, size, 3]. ``blend`` = -1 for none, else a second class at weight ``w``.
+
+    ``cues``, when given, is filled with what was actually drawn (the same random draws either way):
+    ``background`` (RGB in 0..1), ``texture`` (name), ``shapes`` (list of ``(shape, count, RGB)``),
+    ``distractors`` (count), ``lighting`` (factor). Used to caption images (``tools/pretrain_tiny_clip.py``).
+    """
     n_cls = len(CLASSNAMES)
     share = 0.3 * level
     hue_j, sv_j = 4 + 20 * level, 0.03 + 0.1 * level
@@ -156,7 +162,9 @@ def render(primary: int, blend: int, w: float, size: int, level: float, rng: np.
     if blend >= 0:
         color = (1 - w) * color + w * profile_color(blend)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
-    pattern = _texture(PROFILES[CLASSNAMES[source()]][3], yy, xx, rng)
+    texture = PROFILES[CLASSNAMES[source()]][3]
+    pattern = _texture(texture, yy, xx, rng)
+    drawn: list = []
     amp = rng.uniform(0.15, 0.3)
     img = np.clip(color[None, None, :] * (1 + amp * pattern[..., None]), 0, 1)
 
@@ -172,14 +180,20 @@ def render(primary: int, blend: int, w: float, size: int, level: float, rng: np.
             sv = v - 0.45 if v > 0.5 else v + 0.45
             fg = _hsv(h + rng.normal(0, hue_j), s + rng.normal(0, sv_j), sv + rng.normal(0, sv_j))
             _draw_shape(draw, shape, cx, cy, r, rng.uniform(0, 2 * np.pi), tuple(int(x) for x in (fg * 255)))
-    for _ in range(int(rng.integers(0, round(4 * level) + 1))):  # distractors
+        drawn.append((shape, count if c != blend else 1, fg))
+    n_distractors = int(rng.integers(0, round(4 * level) + 1))
+    for _ in range(n_distractors):  # distractors
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
         r = size * rng.uniform(0.08, 0.16)
         fg = _hsv(rng.uniform(0, 360), rng.uniform(0.2, 1), rng.uniform(0.1, 1))
         _draw_shape(draw, shape, *rng.uniform(0, size, size=2), r, rng.uniform(0, 2 * np.pi), tuple(int(x) for x in fg * 255))
     out = np.asarray(pil, dtype=np.float64) / 255.0
-    out = out * rng.uniform(1 - 0.25 * level, 1 + 0.25 * level)  # lighting
+    light = rng.uniform(1 - 0.25 * level, 1 + 0.25 * level)
+    out = out * light  # lighting
     out = out + rng.normal(0, 0.02 + 0.1 * level, size=out.shape)
+    if cues is not None:
+        cues.update(background=tuple(float(x) for x in color), texture=texture, shapes=drawn,
+                    distractors=n_distractors, lighting=float(light))
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
 
@@ -205,9 +219,13 @@ def write_synthetic(out_dir: str, settings: SyntheticSettings) -> Dict[str, int]
     counts = {"train": settings.n_train_per_class, "val": settings.n_val_per_class, "test": settings.n_test_per_class}
     n_cls = len(CLASSNAMES)
     rows: List[list] = []
+    from configs.progress import progress
+
+    bar = progress(total=sum(counts.values()) * n_cls, desc="generating synthetic images", unit="img")
     for split, per_class in counts.items():
         os.makedirs(os.path.join(out_dir, "images", split), exist_ok=True)
         for k in range(per_class * n_cls):
+            bar.update()
             primary = k % n_cls
             rng = np.random.default_rng([GENERATOR_VERSION, settings.seed, SPLIT_CODES[split], k])
             blend, w = -1, 0.0
@@ -220,6 +238,7 @@ def write_synthetic(out_dir: str, settings: SyntheticSettings) -> Dict[str, int]
             Image.fromarray(img).save(os.path.join(out_dir, rel), format="PNG")
             names = [CLASSNAMES[primary]] + ([CLASSNAMES[blend]] if blend >= 0 else [])
             rows.append([rel, split, CLASSNAMES[primary], "_".join(names)] + [f"{p:.6f}" for p in dist] + [va[0], va[1]])
+    bar.close()
     header = ["path", "split", "label", "labels"] + [f"dist_{c}" for c in CLASSNAMES] + ["valence", "arousal"]
     with open(os.path.join(out_dir, "annotations.csv"), "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")

@@ -77,12 +77,14 @@ def add_cache_config(cfg) -> None:
 class ClipTrainerBase(TrainerBase):
     """A trainer whose backbone is a frozen CLIP; fills ``INPUT.SIZE`` from the architecture.
 
-    ``self.model`` must offer ``image_features(images) -> [B, E]`` and ``forward(x, features=False)``;
-    then the frozen-feature cache (``CACHE.*``) replaces the image loaders by cached features.
+    A trainer that sets ``supports_feature_cache = True`` promises that ``self.model`` offers
+    ``image_features(images) -> [B, E]`` (a pure function of the image) and
+    ``forward(x, features=False)``; then the frozen-feature cache (``CACHE.*``) replaces the image
+    loaders by cached features. Other trainers always get images (``CACHE.FEATURES on`` is an error).
     """
 
-    #: False for trainers whose image features are not a pure function of the image (e.g. visual prompts)
-    supports_feature_cache = True
+    #: True only for trainers whose model offers ``image_features`` and ``forward(x, features=True)``
+    supports_feature_cache = False
 
     @classmethod
     def finalize_config(cls, cfg) -> None:
@@ -112,7 +114,14 @@ class ClipTrainerBase(TrainerBase):
         mode = self.cfg.CACHE.FEATURES.lower()
         if mode not in ("auto", "on", "off"):
             raise ConfigError(f"CACHE.FEATURES must be auto, on or off, got {self.cfg.CACHE.FEATURES!r}")
-        if mode == "off" or not self.supports_feature_cache:
+        if not self.supports_feature_cache:
+            if mode == "on":
+                raise ConfigError(
+                    f"CACHE.FEATURES on: trainer {type(self).__name__} does not support the feature cache "
+                    "(set supports_feature_cache = True and give its model image_features() and "
+                    "forward(x, features=True)), or use CACHE.FEATURES auto/off")
+            return
+        if mode == "off":
             return
         views = max(1, self.cfg.CACHE.VIEWS)
         random_train = fc.transform_is_random(self.tfm_train)

@@ -46,6 +46,8 @@ def build_prompted_clip(clip, classnames, node, context_name: str, **gen_kwargs:
 class CoOp(ClipTrainerBase):
     """Context optimisation: only the prompt learner trains and is saved."""
 
+    supports_feature_cache = True  # the model has image_features() and forward(x, features=True)
+
     def node(self):
         return self.cfg.TRAINER.COOP
 

@@ -46,6 +46,8 @@ class ProbeModel(nn.Module):
 class LinearProbeCLIP(ClipTrainerBase):
     """Trains only a linear head on frozen CLIP image features (single- or multi-label)."""
 
+    supports_feature_cache = True  # the model has image_features() and forward(x, features=True)
+
     def precision_setting(self) -> str:
         return self.cfg.TRAINER.LINEAR_PROBE.PREC
 

@@ -50,6 +50,8 @@ class ZeroshotModel(nn.Module):
 class ZeroshotCLIP(ClipTrainerBase):
     """Evaluates CLIP with prompt templates; ``train()`` only runs the final test."""
 
+    supports_feature_cache = True  # the model has image_features() and forward(x, features=True)
+
     def precision_setting(self) -> str:
         return self.cfg.TRAINER.ZSCLIP.PREC
 

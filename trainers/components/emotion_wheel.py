@@ -1,4 +1,4 @@
-"""Emotion-wheel prior layer of EW-MTCNN (REFERENCE.md section 4).
+"""Emotion-wheel prior layer of EW-MTCNN (docs/METHODS.md, EW-MTCNN).
 
 Mikels' wheel, clockwise: fear, sadness, disgust, anger, amusement, contentment, awe, excitement.
 A dataset's classes are placed on the wheel by name, or through a mapping (Emotion6: joy ->

@@ -1,4 +1,4 @@
-"""Categories -> valence-arousal through the NRC-VAD lexicon, and back (REFERENCE.md section 3).
+"""Categories -> valence-arousal through the NRC-VAD lexicon, and back (docs/METHODS.md, two-stage VA).
 
 The lexicon file is tab-separated ``word <TAB> valence <TAB> arousal <TAB> dominance`` with values
 in 0..1 (NRC-VAD v1; an optional header line is skipped; a word may contain spaces). Values are

@@ -112,7 +112,10 @@ class TorchvisionFeatures(FeatureExtractor):
 @torch.no_grad()
 def extract_features(loader, extractor: Callable, device: torch.device) -> np.ndarray:
     """Features [N, F] (float64) of every image the loader yields, in order."""
-    out = [extractor(batch["img"].to(device)).cpu().double() for batch in loader]
+    from configs.progress import progress
+
+    out = [extractor(batch["img"].to(device)).cpu().double()
+           for batch in progress(loader, desc="k-means init: image features", unit="batch")]
     if not out:
         raise ConfigError("k-means initialisation of the visual prompts found no training images")
     return torch.cat(out).numpy()
@@ -127,8 +130,13 @@ def kmeans_centres(features: np.ndarray, k: int, seed: int, n_init: int = 10) ->
             f"{len(features)} training images for {k} visual prompts: k-means needs at least k images; "
             "lower TRAINER.EMOCOOP.N_VISUAL_CTX or set TRAINER.EMOCOOP.USE_VISUAL_CLUSTERING False"
         )
+    import logging
+    import time
+
+    t0 = time.time()
     km = KMeans(n_clusters=k, n_init=n_init, random_state=int(seed))
     km.fit(features)
+    logging.getLogger(__name__).info(f"k-means: {k} centres of {len(features)} image features ({time.time() - t0:.1f}s)")
     return km.cluster_centers_
 
 

@@ -69,13 +69,16 @@ def compute_features(
     """Features [N, K, E] (float32, CPU) of ``views`` augmented views of every sample."""
     import contextlib
 
+    from configs.progress import progress
+
     ds = DatasetWrapper(data, transform, num_classes=num_classes, seed=seed)
     out: List[torch.Tensor] = []
     for k in range(views):
         keys = [(i, k) for i in range(len(data))]
         loader = DataLoader(ds, batch_size=batch_size, sampler=keys, num_workers=num_workers)
         feats = []
-        for batch in loader:
+        desc = "feature cache: encoding" + (f" view {k + 1}/{views}" if views > 1 else "")
+        for batch in progress(loader, desc=desc, unit="batch"):
             with autocast if autocast is not None else contextlib.nullcontext():
                 feats.append(encode(batch["img"].to(device, non_blocking=True)).float())
         out.append(torch.cat(feats).cpu())

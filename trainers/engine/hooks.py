@@ -52,7 +52,13 @@ class LRSchedulerHook(HookBase):
 
 
 class ProgressHook(HookBase):
-    """Logs ``epoch [e/E] batch [i/N] loss ... lr ... eta`` every ``period`` iterations."""
+    """Logs ``epoch [e/E] batch [i/N] loss ... lr ... eta`` every ``period`` iterations.
+
+    The learning rate reported is the one the step used (``trainer.step_lr``, read before the
+    schedulers step). TensorBoard gets the LR of every step and the loss every ``period`` steps
+    (``train_iter/*``, x = global step); the epoch record of ``metrics.jsonl`` has ``lr`` = the LR of
+    the epoch's first step and, for per-iteration schedules, ``lr_per_step``.
+    """
 
     def __init__(self, period: int) -> None:
         self.period = max(1, period)
@@ -63,11 +69,16 @@ class ProgressHook(HookBase):
 
     def before_epoch(self) -> None:
         self.t_epoch = time.time()
+        self.lrs = []
 
     def after_step(self) -> None:
         t = self.trainer
         self.done += 1
         i, n = t.batch_idx + 1, t.num_batches
+        lr = getattr(t, "step_lr", t.current_lr())
+        self.lrs.append(lr)
+        gstep = t.epoch * n + i
+        t.writer.scalars("train_iter", {"lr": lr}, gstep)
         if i % self.period and i != n:
             return
         elapsed = time.time() - self.t0
@@ -75,16 +86,22 @@ class ProgressHook(HookBase):
         eta = elapsed / self.done * remaining
         from .utils import format_eta
 
-        vals = " ".join(f"{k} {v:.4f}" for k, v in t.meters.latest().items())
+        latest = t.meters.latest()
+        vals = " ".join(f"{k} {v:.4f}" for k, v in latest.items())
+        t.writer.scalars("train_iter", latest, gstep)
         logger.info(
-            f"epoch [{t.epoch + 1}/{t.max_epoch}] batch [{i}/{n}] {vals} lr {t.current_lr():.4e} eta {format_eta(eta)}"
+            f"epoch [{t.epoch + 1}/{t.max_epoch}] batch [{i}/{n}] {vals} lr {lr:.4e} eta {format_eta(eta)}"
         )
 
     def after_epoch(self) -> None:
         t = self.trainer
         avg = t.meters.averages()
-        t.writer.write({"split": "train", "epoch": t.epoch + 1, "final": False, "metrics": avg, "lr": t.current_lr()})
-        t.writer.scalars("train", {**avg, "lr": t.current_lr()}, t.epoch + 1)
+        lr = self.lrs[0] if self.lrs else t.current_lr()
+        rec = {"split": "train", "epoch": t.epoch + 1, "final": False, "metrics": avg, "lr": lr}
+        if len(set(self.lrs)) > 1:
+            rec["lr_per_step"] = self.lrs
+        t.writer.write(rec)
+        t.writer.scalars("train", {**avg, "lr": lr}, t.epoch + 1)
 
 
 class EvalHook(HookBase):

@@ -1,17 +1,39 @@
 """Run logging: ``log.txt`` (appended, never renamed), ``metrics.jsonl`` and TensorBoard.
 
+Every line carries a timestamp (``HH:MM:SS`` on the console, the full date in ``log.txt``);
+warnings say so. Console lines go through tqdm so they never glue to a progress bar.
+Third-party chatter (gensim's lifecycle records, matplotlib, PIL) is kept at WARNING.
 Only rank 0 writes files; other ranks log warnings to stderr.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import os
 import sys
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 LOGGER_NAME = "emolab"
+#: loggers of libraries whose INFO records are noise in a run log
+QUIET_LOGGERS = ("gensim", "smart_open", "matplotlib", "PIL", "h5py", "urllib3", "fsspec")
+
+
+class _Formatter(logging.Formatter):
+    """``<time> <message>``, with ``WARNING``/``ERROR`` before the message of those levels."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            stamp, _, rest = text.partition(" ")
+            text = f"{stamp} {record.levelname} {rest}"
+        return text
+
+
+def quiet_third_party() -> None:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def setup_logging(output_dir: str, is_main: bool) -> logging.Logger:
@@ -22,18 +44,69 @@ def setup_logging(output_dir: str, is_main: bool) -> logging.Logger:
             root.removeHandler(h)
             h.close()
     root.setLevel(logging.INFO if is_main else logging.WARNING)
-    fmt = logging.Formatter("%(message)s")
-    stream = logging.StreamHandler(sys.stdout)
-    stream.setFormatter(fmt)
+    from configs.progress import TqdmLoggingHandler
+
+    quiet_third_party()
+    stream = TqdmLoggingHandler()  # follows sys.stdout
+    stream.setFormatter(_Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     stream._emolab = True  # type: ignore[attr-defined]
     root.addHandler(stream)
     if is_main:
         os.makedirs(output_dir, exist_ok=True)
         fh = logging.FileHandler(os.path.join(output_dir, "log.txt"), mode="a", encoding="utf-8")
-        fh.setFormatter(fmt)
+        fh.setFormatter(_Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
         fh._emolab = True  # type: ignore[attr-defined]
         root.addHandler(fh)
     return logging.getLogger(LOGGER_NAME)
+
+
+def format_value(key: str, value: float) -> str:
+    """A metric for a log line: two decimals, four significant digits for small values."""
+    return f"{value:.4g}" if abs(value) < 1 and value != 0 else f"{value:.2f}"
+
+
+def summary_line(split: str, epoch: int, max_epoch: int, results: Dict[str, float], main_metric: str,
+                 limit: int = 6) -> str:
+    """``val [3/10] accuracy 71.25 | macro_f1 70.10 | ...``: the main metric first, at most ``limit``."""
+    keys = [main_metric] if main_metric in results else []
+    keys += [k for k in results if k != main_metric and k != "error" and not k.startswith(("f1_", "ap_", "acc_"))]
+    shown = " | ".join(f"{k} {format_value(k, results[k])}" for k in keys[:limit])
+    more = len(keys) - limit
+    return f"{split} [{epoch}/{max_epoch}] {shown}" + (f" (+{more} more in metrics.jsonl)" if more > 0 else "")
+
+
+class _DropInfo(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO
+
+
+@contextlib.contextmanager
+def quiet_evaluator() -> Iterator[None]:
+    """Drop the evaluators' INFO lines (their ``* metric`` block) for the duration of the block."""
+    filt = _DropInfo()
+    loggers = [logging.getLogger("trainers.evaluation")] + [
+        logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("trainers.evaluation.")
+    ]
+    for lg in loggers:
+        lg.addFilter(filt)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(filt)
+
+
+def checkpoint_summary(ckpt: Dict[str, Any], main_metric: str = "") -> str:
+    """``epoch 10, val accuracy 75.00`` for one loaded checkpoint."""
+    parts = [f"epoch {ckpt.get('epoch')}"]
+    val = ckpt.get("val_result")
+    if isinstance(val, dict) and val:
+        key = main_metric if main_metric in val else next(iter(val))
+        try:
+            parts.append(f"val {key} {format_value(key, float(val[key]))}")
+        except (TypeError, ValueError):
+            pass
+    return ", ".join(parts)
 
 
 def now() -> str:
@@ -90,6 +163,18 @@ class MetricsWriter:
         if self._tb is not None:
             for k, v in values.items():
                 self._tb.add_scalar(f"{tag}/{k}", v, step)
+
+    def figure(self, tag: str, fig: Any, step: int = 0) -> None:
+        """A matplotlib figure to TensorBoard (not closed here)."""
+        if self._tb is not None:
+            self._tb.add_figure(tag, fig, step, close=False)
+
+    def hparams(self, hparams: Dict[str, Any], metrics: Dict[str, float]) -> None:
+        """The run's hyper-parameters with its final metrics (TensorBoard's HPARAMS tab)."""
+        if self._tb is None:
+            return
+        clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
+        self._tb.add_hparams(clean, {f"hparam/{k}": float(v) for k, v in metrics.items()}, run_name=".")
 
     def close(self) -> None:
         if self._tb is not None:

@@ -29,12 +29,13 @@ from configs.fileio import atomic_torch_save
 from configs.killpoints import killpoint
 from trainers.evaluation import build_evaluator
 
-from . import dist
+from . import dist, plots
 from .data import build_data_and_loaders
 from . import runstate
 from .checkpoint import checkpoint_path, ckpt_name, load_checkpoint
 from .hooks import CheckpointHook, EvalHook, HookBase, LRSchedulerHook, ProgressHook
-from .logger import MetricsWriter
+from .logger import MetricsWriter, checkpoint_summary, quiet_evaluator, summary_line
+from configs.progress import progress, set_progress_enabled
 from .optim import build_lr_scheduler, build_optimizer
 from .utils import MeterDict, autocast, resolve_precision, set_seed, to_device
 
@@ -43,6 +44,16 @@ logger = logging.getLogger(__name__)
 
 class TrainingError(EmoLabError):
     """The run cannot go on (e.g. a non-finite loss)."""
+
+
+def keep_frozen_in_eval(module: nn.Module) -> None:
+    """Put every sub-module whose parameters are all frozen (and that has some) in eval mode."""
+    for child in module.children():
+        params = list(child.parameters())
+        if params and not any(p.requires_grad for p in params):
+            child.eval()
+        elif params:
+            keep_frozen_in_eval(child)
 
 
 class TrainerBase:
@@ -77,9 +88,15 @@ class TrainerBase:
         self.records: List[Dict[str, Any]] = []  # committed metrics records
         self.manifest: Optional[Dict[str, Any]] = None  # the last committed run state
         self.loaded_checkpoint: Optional[Dict[str, Any]] = None  # what load_model loaded last
+        if not cfg.TRAIN.PROGRESS_BAR:
+            set_progress_enabled(False)
         if cfg.SEED >= 0:
             set_seed(cfg.SEED)
         self.build_data()
+        if self.world_size > 1:
+            bs = cfg.DATALOADER.TRAIN_X.BATCH_SIZE
+            logger.info(f"distributed: world size {self.world_size}, backend {torch.distributed.get_backend()}, "
+                        f"batch {bs} per process = {bs * self.world_size} effective")
         self.build_model()
         self._check_registered()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
@@ -205,7 +222,11 @@ class TrainerBase:
             )
 
     def set_model_mode(self, mode: str) -> None:
+        """Train or eval mode; in train mode, sub-modules with no trainable parameter (a frozen
+        backbone) stay in eval mode, so their batch-norm statistics and dropout never change."""
         self.model.train(mode == "train")
+        if mode == "train":
+            keep_frozen_in_eval(self.model)
 
     # ------------------------------------------------------------------ checkpoints
     def extra_state(self) -> Dict[str, Any]:
@@ -332,9 +353,8 @@ class TrainerBase:
             path = checkpoint_path(directory, name, epoch)
             ckpt = load_checkpoint(path)
             self._load_state_dict(module, ckpt["state_dict"], path)
-            val = ckpt.get("val_result")
             self.loaded_checkpoint = {"file": os.path.basename(path), "epoch": ckpt.get("epoch")}
-            logger.info(f"loaded {path} (epoch {ckpt.get('epoch')}" + (f", val {val})" if val else ")"))
+            logger.info(f"loaded {name}: {path} ({checkpoint_summary(ckpt, self.evaluator.main_metric)})")
 
     @staticmethod
     def _load_state_dict(module: nn.Module, state: Dict[str, Any], path: str) -> None:
@@ -481,7 +501,6 @@ class TrainerBase:
                         os.path.join(self.output_dir, runstate.MANIFEST))
         self._call("before_train")
         self.num_batches = len(self.train_loader)
-        show_bar = self.is_main and self.cfg.TRAIN.PROGRESS_BAR and sys.stderr.isatty()
         t0 = time.time()
         epochs = range(self.start_epoch, self.max_epoch)
         if self.stop_training:
@@ -497,13 +516,11 @@ class TrainerBase:
             self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
             step_dev = torch.full((), -1, dtype=torch.long, device=self.device)  # step counter kept on the device
             self._call("before_epoch")
-            it = self.train_loader
-            if show_bar:
-                from tqdm import tqdm
-
-                it = tqdm(it, total=self.num_batches, desc=f"epoch {self.epoch + 1}/{self.max_epoch}", leave=False)
+            it = self._train_bar = progress(self.train_loader, total=self.num_batches, unit="batch",
+                                            desc=f"epoch {self.epoch + 1}/{self.max_epoch}", interval=float("inf"))
             for self.batch_idx, batch in enumerate(it):
                 batch = to_device(batch, self.device)
+                self.step_lr = self.current_lr()  # the LR this step uses (schedulers step after it)
                 out = self.train_step(batch)
                 step_dev += 1
                 bad_now = ~torch.isfinite(out["loss"].float())
@@ -520,6 +537,8 @@ class TrainerBase:
         self._call("after_train")
         logger.info("Finish training")  # Dassl's line, exactly: CoOp's parse_test_res.py reads results after it
         logger.info(f"training time: {time.time() - t0:.1f}s")
+        if self.is_main:
+            plots.plot_training_curves(self)
         if not len(epochs) and self.start_epoch > 0:
             self.epoch = self.start_epoch - 1
             if self.start_epoch >= self.max_epoch:
@@ -567,7 +586,7 @@ class TrainerBase:
             raise ConfigError(f"the dataset has no {split} split")
         self.set_model_mode("eval")
         logits_l, index_l, tgt_l = [], [], {}
-        for i, batch in enumerate(loader):
+        for i, batch in enumerate(progress(loader, desc=f"evaluate {split}", unit="batch")):
             batch = to_device(batch, self.device)
             with autocast(self.precision, self.device):
                 logits = self.inference(batch)
@@ -593,9 +612,15 @@ class TrainerBase:
             keep[1:] = merged["index"][1:] != merged["index"][:-1]
             merged = {k: v[keep] for k, v in merged.items()}
             self.evaluator.reset()
-            logger.info(f"evaluate on the *{split}* set")
-            self.evaluator.process(merged.pop("logits"), merged)
-            results = {k: float(v) for k, v in self.evaluator.evaluate().items()}
+            logits = merged.pop("logits")
+            self.evaluator.process(logits, merged)
+            if final or self.cfg.TEST.PER_CLASS_RESULT:
+                logger.info(f"evaluate on the *{split}* set")
+                results = {k: float(v) for k, v in self.evaluator.evaluate().items()}
+            else:  # validation during training: one summary line
+                with quiet_evaluator():
+                    results = {k: float(v) for k, v in self.evaluator.evaluate().items()}
+                logger.info(summary_line(split, self.epoch + 1, self.max_epoch, results, self.evaluator.main_metric))
             record = {"split": split, "epoch": self.epoch + 1, "final": final, "metrics": results}
             ck = getattr(self, "final_checkpoint", None) if final else None
             if ck:
@@ -603,9 +628,47 @@ class TrainerBase:
             self.writer.write(record)
             self.writer.scalars(split, results, self.epoch + 1)
             self.last_outputs = merged
+            if final:
+                plots.plot_evaluation(self, split, logits, merged, results)
         results = dist.broadcast_object(results)
         self.set_model_mode("train")
         return results
+
+    @torch.no_grad()
+    def predict(self, images: Any, batch_size: int = 64) -> List[Dict[str, Any]]:
+        """Predictions for PIL images (or paths), through the test transform.
+
+        Returns one dict per image: ``classname``, ``label`` and ``probs`` ({class: probability})
+        for single-label tasks; ``classnames`` (sigmoid > ``TEST.THRESHOLD``) and ``probs`` for
+        multi-label ones; ``valence``/``arousal`` for VA regression outputs.
+        """
+        from PIL import Image
+
+        if isinstance(images, (str, Image.Image)):
+            images = [images]
+        pil = [Image.open(im).convert("RGB") if isinstance(im, str) else im.convert("RGB") for im in images]
+        self.set_model_mode("eval")
+        outs = []
+        for b in range(0, len(pil), batch_size):
+            x = torch.stack([self.tfm_test(im) for im in pil[b:b + batch_size]]).to(self.device)
+            with autocast(self.precision, self.device):
+                outs.append(self.inference({"img": x}).float().cpu())
+        self.set_model_mode("train")
+        out = torch.cat(outs) if outs else torch.zeros(0, self.num_classes)
+        names = list(self.classnames)
+        preds: List[Dict[str, Any]] = []
+        for row in out:
+            if type(self.evaluator).__name__ == "ValenceArousal":
+                preds.append({"valence": float(row[0]), "arousal": float(row[1])})
+            elif self.task == "multi_label":
+                p = row.sigmoid()
+                preds.append({"classnames": [n for n, v in zip(names, p) if v > self.cfg.TEST.THRESHOLD],
+                              "probs": {n: float(v) for n, v in zip(names, p)}})
+            else:
+                p = row.softmax(0)
+                k = int(p.argmax())
+                preds.append({"classname": names[k], "label": k, "probs": {n: float(v) for n, v in zip(names, p)}})
+        return preds
 
     def close(self) -> None:
         self.writer.close()

@@ -1,5 +1,5 @@
 """EW-MTCNN: emotion-wheel prior + multi-task CNN for emotion distribution learning
-(Lai, Wan, Zeng 2022; REFERENCE.md section 4).
+(Lai, Wan, Zeng 2022; docs/METHODS.md, EW-MTCNN).
 
 Model: CNN features -> ``Linear(D, C)`` class scores -> prior layer ``W`` (``C x C``, no bias;
 :mod:`trainers.components.emotion_wheel`) -> logits. Loss, with ``p = softmax(logits)``, ``y`` the

@@ -1,5 +1,5 @@
 """Two-stage dimensional (valence-arousal) emotion from categorical data (Lee et al., IEEE TCDS
-2025; REFERENCE.md section 3).
+2025; docs/METHODS.md, two-stage VA).
 
 Four frameworks, ``TRAINER.VA.MODE`` x ``TRAINER.VA.TASK``:
 
