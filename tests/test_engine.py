@@ -98,3 +98,23 @@ def test_checkpoint_with_code_is_refused(tmp_path):
         load_checkpoint(str(path))
     with pytest.raises(CheckpointError, match="checkpoint not found: .*nope"):
         load_checkpoint(str(tmp_path / "nope"))
+
+
+def test_log_file_lines_are_timestamped_with_the_level_after_the_time(tmp_path):
+    import logging
+    import re
+
+    from trainers.engine.logger import setup_logging
+
+    setup_logging(str(tmp_path), True)
+    log = logging.getLogger("trainers.test_log_format")
+    log.info("plain line")
+    log.warning("careful")
+    log.info("Finish training", extra={"bare": True})
+    for h in logging.getLogger().handlers:
+        h.flush()
+    lines = (tmp_path / "log.txt").read_text().splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    assert any(re.fullmatch(stamp + r" plain line", line) for line in lines), lines
+    assert any(re.fullmatch(stamp + r" WARNING careful", line) for line in lines), lines
+    assert "Finish training" in lines  # bare: exactly Dassl's line

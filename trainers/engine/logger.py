@@ -21,13 +21,18 @@ QUIET_LOGGERS = ("gensim", "smart_open", "matplotlib", "PIL", "h5py", "urllib3",
 
 
 class _Formatter(logging.Formatter):
-    """``<time> <message>``, with ``WARNING``/``ERROR`` before the message of those levels."""
+    """``<time> [WARNING|ERROR ]<message>``; a record logged with ``extra={"bare": True}`` is written
+    as its message alone (Dassl's ``Finish training`` line, which CoOp's parse_test_res.py matches
+    exactly)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        if record.levelno >= logging.WARNING:
-            stamp, _, rest = text.partition(" ")
-            text = f"{stamp} {record.levelname} {rest}"
+        message = record.getMessage()
+        if getattr(record, "bare", False):
+            return message
+        level = f"{record.levelname} " if record.levelno >= logging.WARNING else ""
+        text = f"{self.formatTime(record, self.datefmt)} {level}{message}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
         return text
 
 

@@ -535,7 +535,7 @@ class TrainerBase:
                 logger.info(f"training stopped after epoch {self.epoch + 1}")
                 break
         self._call("after_train")
-        logger.info("Finish training")  # Dassl's line, exactly: CoOp's parse_test_res.py reads results after it
+        logger.info("Finish training", extra={"bare": True})  # Dassl's line, exactly: CoOp's parse_test_res.py reads results after it
         logger.info(f"training time: {time.time() - t0:.1f}s")
         if self.is_main:
             plots.plot_training_curves(self)
