@@ -121,8 +121,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--model-dir is only used with --eval-only")
     if args.eval_only and args.restart:
         raise ConfigError("--restart starts a training run over; it cannot go with --eval-only")
-    if args.model_dir and not os.path.isdir(args.model_dir):
-        raise ConfigError(f"--model-dir {args.model_dir} is not a folder")
+    if args.model_dir and not os.path.exists(args.model_dir):
+        # a run folder, or a checkpoint file for trainers that read one (UniEmoX's released files)
+        raise ConfigError(f"--model-dir {args.model_dir} does not exist")
 
 
 def run(args: argparse.Namespace) -> int:

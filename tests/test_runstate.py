@@ -43,7 +43,7 @@ def test_rerun_with_another_config_is_refused_and_restart_starts_over(tmp_path, 
     # the example: a new LR and epoch count must not resume the old optimiser state
     assert run_cli(_args(data_root, out, "OPTIM.LR", "0.5", "OPTIM.MAX_EPOCH", "12")) == 2
     err = _one_err(capsys)
-    assert "OPTIM.LR 0.02 -> 0.5" in err and "OPTIM.MAX_EPOCH 3 -> 12" in err
+    assert "OPTIM.LR 0.002 -> 0.5" in err and "OPTIM.MAX_EPOCH 3 -> 12" in err
     assert "--output-dir" in err and "--restart" in err
     assert _files(out) == before  # config.yaml still describes what ran
     # keys that cannot change results may differ: the finished run is just reported

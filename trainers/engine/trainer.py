@@ -354,7 +354,7 @@ class TrainerBase:
             ckpt = load_checkpoint(path)
             self._load_state_dict(module, ckpt["state_dict"], path)
             self.loaded_checkpoint = {"file": os.path.basename(path), "epoch": ckpt.get("epoch")}
-            logger.info(f"loaded {name}: {path} ({checkpoint_summary(ckpt, self.evaluator.main_metric)})")
+            logger.info(f"loaded {name}: {path} ({checkpoint_summary(ckpt, getattr(self.evaluator, 'main_metric', ''))})")
 
     @staticmethod
     def _load_state_dict(module: nn.Module, state: Dict[str, Any], path: str) -> None:
