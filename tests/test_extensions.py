@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 
 from conftest import ROOT, SMALL_DATA, final_test, run_cli
 

@@ -6,7 +6,6 @@ import logging
 import os
 import types
 
-import pytest
 import torch
 
 from conftest import SMALL_DATA, SYN_CFG, ROOT, run_cli

@@ -214,8 +214,8 @@ def main(argv=None) -> int:
     print(f"\nFew-shot: test accuracy (%) on all 8 classes (200 images, chance 12.5%), mean ± std over seeds "
           f"{', '.join(map(str, args.seeds))} (sample std, ddof=1):\n")
     print(fewshot_table(runs, args.shots))
-    print(f"\nBase-to-new: prompts learnt on the 4 base classes, tested on the base classes and on the 4 new ones "
-          f"(100 test images each; chance 25%); HM = harmonic mean of the mean base and new accuracies:\n")
+    print("\nBase-to-new: prompts learnt on the 4 base classes, tested on the base classes and on the 4 new ones "
+          "(100 test images each; chance 25%); HM = harmonic mean of the mean base and new accuracies:\n")
     print(base_to_new_table(runs))
     from tools import plot_results
 

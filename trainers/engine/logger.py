@@ -12,7 +12,6 @@ import datetime
 import json
 import logging
 import os
-import sys
 from typing import Any, Dict, Iterator, Optional
 
 LOGGER_NAME = "emolab"

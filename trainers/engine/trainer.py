@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
@@ -24,17 +23,18 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from configs.errors import CheckpointError, ConfigError, EmoLabError
-from configs.fileio import atomic_torch_save
+from configs.errors import ConfigError, EmoLabError
 from configs.killpoints import killpoint
 from trainers.evaluation import build_evaluator
 
 from . import dist, plots
 from .data import build_data_and_loaders
+from .evaluation_loop import EvaluationMixin
+from .persistence import RunStateMixin
 from . import runstate
-from .checkpoint import checkpoint_path, ckpt_name, load_checkpoint
+from .checkpoint import ckpt_name
 from .hooks import CheckpointHook, EvalHook, HookBase, LRSchedulerHook, ProgressHook
-from .logger import MetricsWriter, checkpoint_summary, quiet_evaluator, summary_line
+from .logger import MetricsWriter
 from configs.progress import progress, set_progress_enabled
 from .optim import build_lr_scheduler, build_optimizer
 from .utils import MeterDict, autocast, resolve_precision, set_seed, to_device
@@ -56,7 +56,7 @@ def keep_frozen_in_eval(module: nn.Module) -> None:
             keep_frozen_in_eval(child)
 
 
-class TrainerBase:
+class TrainerBase(RunStateMixin, EvaluationMixin):
     """Engine base class. See the module docstring for what a trainer provides."""
 
     #: targets the trainer needs, by task; checked against the dataset at start-up
@@ -228,233 +228,6 @@ class TrainerBase:
         if mode == "train":
             keep_frozen_in_eval(self.model)
 
-    # ------------------------------------------------------------------ checkpoints
-    def extra_state(self) -> Dict[str, Any]:
-        """Engine state saved with every epoch: hook state, ``stop_training`` and the RNG state."""
-        import random
-
-        import numpy as np
-
-        np_state = np.random.get_state()
-        return {
-            "hooks": [h.state_dict() for h in getattr(self, "hooks", [])],
-            "stop_training": bool(self.stop_training),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": [np_state[0], torch.from_numpy(np_state[1].astype("int64")), int(np_state[2]),
-                          int(np_state[3]), float(np_state[4])],
-                "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-            },
-        }
-
-    def load_extra_state(self, state: Dict[str, Any]) -> None:
-        for h, s in zip(self.hooks, state.get("hooks", [])):
-            h.load_state_dict(s)
-        self._stop = bool(state.get("stop_training", False))
-        rng = state.get("rng")
-        if rng:
-            import random
-
-            import numpy as np
-
-            torch.set_rng_state(rng["torch"])
-            n = rng["numpy"]
-            np.random.set_state((n[0], n[1].numpy().astype("uint32"), n[2], n[3], n[4]))
-            py = rng["python"]
-            random.setstate((py[0], tuple(py[1]), py[2]))
-
-    def save_model(self, epoch: int, is_best: bool = False, val_result: Optional[dict] = None) -> None:
-        """Commit epoch ``epoch`` (see :mod:`trainers.engine.runstate`): every module's Dassl file,
-        then the run state naming them (the commit), then the best link, markers, deletions and
-        the epoch's metrics records. Only rank 0 writes."""
-        if not self.is_main:
-            return
-        out = self.output_dir
-        engine = self.extra_state()
-        prev = self.manifest or {}
-        files = {}
-        for name, module in self._models.items():
-            killpoint(f"before_save:{name}", epoch)
-            opt, sch = self._optims[name], self._scheds[name]
-            state = {
-                "state_dict": module.state_dict(),
-                "epoch": epoch,
-                "optimizer": opt.state_dict() if opt is not None else None,
-                "scheduler": sch.state_dict() if sch is not None else None,
-                "val_result": dict(val_result) if val_result else None,
-                "scaler": self.scaler.state_dict(),
-                "engine": engine,
-            }
-            path = os.path.join(out, name, ckpt_name(epoch))
-            self._write(lambda p=path, st=state: (os.makedirs(os.path.dirname(p), exist_ok=True),
-                                                   atomic_torch_save(st, p)), path)
-            files[name] = os.path.join(name, ckpt_name(epoch))
-            killpoint(f"after_save:{name}", epoch)
-        period = self.cfg.TRAIN.CHECKPOINT_FREQ
-        alive_prev = [k for k in prev.get("alive", []) if k != epoch]
-        alive = sorted({k for k in alive_prev if period > 0 and k % period == 0} | {epoch})
-        held = list(self.writer.held or [])
-        manifest = {
-            "version": 1,
-            "epoch": epoch,
-            "max_epoch": self.max_epoch,
-            "modules": list(self._models),
-            "files": files,
-            "best_epoch": epoch if is_best else prev.get("best_epoch"),
-            "stop_training": bool(self.stop_training),
-            "alive": alive,
-            "obsolete": sorted(k for k in alive_prev if k not in alive),
-            "records": self.records + held,
-            "finished": False,
-            "final": None,
-        }
-        self._write(lambda: runstate.write_manifest(out, manifest), os.path.join(out, runstate.MANIFEST))
-        self.manifest, self.records = manifest, manifest["records"]
-        runstate.LAST_COMMIT.update(dir=out, epoch=epoch, finished=False)
-        killpoint("after_commit", epoch)
-        self._write(lambda: runstate.apply_commit(out, manifest), out)
-        killpoint("before_records", epoch)
-        self._write(lambda: self.writer.append(held), self.writer.path)
-        if self.writer.held is not None:
-            self.writer.held = []
-
-    @staticmethod
-    def _write(fn, path: str) -> None:
-        """Run a write; a failed one (disk full, read-only) is a one-line error, earlier files intact."""
-        try:
-            fn()
-        except OSError as e:
-            raise runstate.write_error(path, e) from None
-
-    def _commit_final(self, results: Dict[str, float], checkpoint: Optional[Dict[str, Any]]) -> None:
-        """Record that the run finished (final test done) in the run state, then in metrics.jsonl."""
-        if not self.is_main:
-            return
-        held = list(self.writer.held or [])
-        manifest = dict(self.manifest or {"version": 1, "epoch": 0, "max_epoch": self.max_epoch, "modules": [],
-                                          "files": {}, "best_epoch": None, "alive": [], "obsolete": []})
-        manifest.update(records=self.records + held, finished=True, stop_training=bool(self.stop_training),
-                        final={"checkpoint": checkpoint, "metrics": results})
-        out = self.output_dir
-        self._write(lambda: runstate.write_manifest(out, manifest), os.path.join(out, runstate.MANIFEST))
-        self.manifest, self.records = manifest, manifest["records"]
-        runstate.LAST_COMMIT.update(dir=out, epoch=manifest["epoch"], finished=True)
-        killpoint("after_final_commit")
-        self._write(lambda: self.writer.append(held), self.writer.path)
-        if self.writer.held is not None:
-            self.writer.held = []
-
-    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
-        """Load weights only (``--model-dir/--load-epoch``; epoch None = best, else latest)."""
-        if not self._models:
-            logger.info("the trainer has no trainable modules: nothing to load")
-            return
-        for name, module in self._models.items():
-            path = checkpoint_path(directory, name, epoch)
-            ckpt = load_checkpoint(path)
-            self._load_state_dict(module, ckpt["state_dict"], path)
-            self.loaded_checkpoint = {"file": os.path.basename(path), "epoch": ckpt.get("epoch")}
-            logger.info(f"loaded {name}: {path} ({checkpoint_summary(ckpt, getattr(self.evaluator, 'main_metric', ''))})")
-
-    @staticmethod
-    def _load_state_dict(module: nn.Module, state: Dict[str, Any], path: str) -> None:
-        try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            first = str(e).replace("\n", " ").replace("\t", "")
-            raise CheckpointError(f"checkpoint {path} does not fit the model: {first[:300]}") from None
-
-    def _recover_from_files(self, directory: str, manifest: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-        """A run state rebuilt from the checkpoint files (no or dangling ``run_state.json``/markers)."""
-        names = list(self._models)
-        k = runstate.scan_checkpoints(directory, names)
-        if k is None:
-            left = [os.path.join(n, f"model.pth.tar-{k}") for n in names
-                    for k in runstate.epochs_on_disk(os.path.join(directory, n))]
-            if left:
-                raise CheckpointError(
-                    f"{directory} holds checkpoint files ({', '.join(left[:4])}) but no complete, readable epoch of "
-                    f"every module ({', '.join(names)}): use a new --output-dir, or --restart to start over there")
-            return None
-        if manifest is not None:
-            records = [r for r in manifest.get("records", []) if not r.get("final") and int(r.get("epoch", 0)) <= k]
-        else:
-            records = self._records_from_file(k)
-        logger.warning(f"no valid run state in {directory}: resuming from the latest complete checkpoint files "
-                       f"(epoch {k})")
-        return {"version": 1, "epoch": k, "max_epoch": self.max_epoch, "modules": names,
-                "files": {n: os.path.join(n, ckpt_name(k)) for n in names}, "best_epoch": None,
-                "stop_training": False, "alive": [k], "obsolete": [], "records": records, "finished": False,
-                "final": None, "recovered": True}
-
-    def _records_from_file(self, k: int) -> List[Dict[str, Any]]:
-        """Records of epochs <= k in an older run's metrics.jsonl, each (split, epoch) once."""
-        import json
-
-        path = os.path.join(self.output_dir, "metrics.jsonl")
-        out, seen = [], set()
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    try:
-                        r = json.loads(line)
-                    except ValueError:
-                        continue
-                    key = (r.get("split"), r.get("epoch"))
-                    if isinstance(r, dict) and not r.get("final") and int(r.get("epoch", 0)) <= k and key not in seen:
-                        seen.add(key)
-                        out.append(r)
-        return out
-
-    def resume_if_possible(self, directory: str) -> int:
-        """Restore models, optimisers, schedulers, scaler, hook, early-stopping and RNG state from the
-        run state in ``directory`` (or, without a valid one, from the latest complete checkpoint
-        files); return the epoch. Also finishes the follow-up of the last commit."""
-        names = list(self._models)
-        m = runstate.read_manifest(directory)
-        if m is not None and m.get("epoch", 0) == 0 and not m.get("finished"):
-            return 0  # the run started but committed no epoch: files on disk are uncommitted leftovers
-        if m is not None and m.get("epoch", 0) > 0:
-            files = m.get("files", {})
-            if set(files) != set(names) or not all(os.path.isfile(os.path.join(directory, files[n])) for n in names):
-                logger.warning(f"{runstate.MANIFEST} in {directory} names missing checkpoint files")
-                m = self._recover_from_files(directory, m)
-        elif m is None and names:
-            m = self._recover_from_files(directory, None)
-        if m is None:
-            return 0
-        epoch = int(m["epoch"])
-        engine: Dict[str, Any] = {}
-        for i, name in enumerate(names):
-            path = os.path.join(directory, m["files"][name])
-            ckpt = load_checkpoint(path)
-            if int(ckpt.get("epoch", -1)) != epoch:
-                raise CheckpointError(f"checkpoint {path} holds epoch {ckpt.get('epoch')}, the run state says {epoch}")
-            self._load_state_dict(self._models[name], ckpt["state_dict"], path)
-            if self._optims[name] is not None and ckpt.get("optimizer"):
-                self._optims[name].load_state_dict(ckpt["optimizer"])
-            if self._scheds[name] is not None and ckpt.get("scheduler"):
-                self._scheds[name].load_state_dict(ckpt["scheduler"])
-            if ckpt.get("scaler"):
-                self.scaler.load_state_dict(ckpt["scaler"])
-            if i == 0:
-                engine = ckpt.get("engine") or {}
-        self.load_extra_state(engine)
-        self._stop = bool(m.get("stop_training", self._stop))
-        self.records = list(m.get("records", []))
-        self.manifest = m
-        if self.is_main and os.path.abspath(directory) == os.path.abspath(self.output_dir):
-            runstate.remove_temporaries(directory, names)
-            self._write(lambda: runstate.apply_commit(directory, m), directory)
-            if m.get("recovered"):
-                self._write(lambda: runstate.write_manifest(directory, m), os.path.join(directory, runstate.MANIFEST))
-        if self.is_main:
-            self._write(lambda: self.writer.rewrite(self.records), self.writer.path)
-        runstate.LAST_COMMIT.update(dir=self.output_dir, epoch=epoch, finished=False)
-        logger.info(f"resumed from {directory} at epoch {epoch}"
-                    + (" (training had stopped early)" if self.stop_training else ""))
-        return epoch
-
     # ------------------------------------------------------------------ training
     def train_step(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """One optimisation step; returns detached scalars (no host-device sync here)."""
@@ -570,105 +343,6 @@ class TrainerBase:
         results = self.test(final=True)
         self._commit_final(results, used)
         return results
-
-    # ------------------------------------------------------------------ evaluation
-    def test(self, split: Optional[str] = None, final: bool = True) -> Dict[str, float]:
-        split = split or self.cfg.TEST.SPLIT
-        if split not in ("val", "test"):
-            raise ConfigError(f"unknown TEST.SPLIT {split!r} (val or test)")
-        return self.evaluate(split, final=final)
-
-    @torch.no_grad()
-    def evaluate(self, split: str, final: bool = False) -> Dict[str, float]:
-        """Evaluate on ``split``; every sample counted exactly once across processes."""
-        loader = self.val_loader if split == "val" else self.test_loader
-        if loader is None:
-            raise ConfigError(f"the dataset has no {split} split")
-        self.set_model_mode("eval")
-        logits_l, index_l, tgt_l = [], [], {}
-        for i, batch in enumerate(progress(loader, desc=f"evaluate {split}", unit="batch")):
-            batch = to_device(batch, self.device)
-            with autocast(self.precision, self.device):
-                logits = self.inference(batch)
-            if i == 0:
-                killpoint(f"eval:{split}", self.epoch + 1)  # the kill harness: in the middle of an evaluation
-            logits_l.append(logits.float())
-            index_l.append(batch["index"])
-            for k in ("label", "labels", "dist", "va"):
-                if k in batch:
-                    tgt_l.setdefault(k, []).append(batch[k])
-        local = {
-            "logits": torch.cat(logits_l).cpu() if logits_l else torch.zeros(0, self.num_classes),
-            "index": torch.cat(index_l).cpu() if index_l else torch.zeros(0, dtype=torch.long),
-            **{k: torch.cat(v).cpu() for k, v in tgt_l.items()},
-        }
-        parts = dist.all_gather_object(local)
-        results: Optional[Dict[str, float]] = None
-        if self.is_main:
-            merged = {k: torch.cat([p[k] for p in parts if k in p]) for k in local}
-            order = torch.argsort(merged["index"])
-            merged = {k: v[order] for k, v in merged.items()}
-            keep = torch.ones(len(order), dtype=torch.bool)
-            keep[1:] = merged["index"][1:] != merged["index"][:-1]
-            merged = {k: v[keep] for k, v in merged.items()}
-            self.evaluator.reset()
-            logits = merged.pop("logits")
-            self.evaluator.process(logits, merged)
-            if final or self.cfg.TEST.PER_CLASS_RESULT:
-                logger.info(f"evaluate on the *{split}* set")
-                results = {k: float(v) for k, v in self.evaluator.evaluate().items()}
-            else:  # validation during training: one summary line
-                with quiet_evaluator():
-                    results = {k: float(v) for k, v in self.evaluator.evaluate().items()}
-                logger.info(summary_line(split, self.epoch + 1, self.max_epoch, results, self.evaluator.main_metric))
-            record = {"split": split, "epoch": self.epoch + 1, "final": final, "metrics": results}
-            ck = getattr(self, "final_checkpoint", None) if final else None
-            if ck:
-                record["checkpoint"] = ck  # the checkpoint this final test (or evaluation) used
-            self.writer.write(record)
-            self.writer.scalars(split, results, self.epoch + 1)
-            self.last_outputs = merged
-            if final:
-                plots.plot_evaluation(self, split, logits, merged, results)
-        results = dist.broadcast_object(results)
-        self.set_model_mode("train")
-        return results
-
-    @torch.no_grad()
-    def predict(self, images: Any, batch_size: int = 64) -> List[Dict[str, Any]]:
-        """Predictions for PIL images (or paths), through the test transform.
-
-        Returns one dict per image: ``classname``, ``label`` and ``probs`` ({class: probability})
-        for single-label tasks; ``classnames`` (sigmoid > ``TEST.THRESHOLD``) and ``probs`` for
-        multi-label ones; ``valence``/``arousal`` for VA regression outputs.
-        """
-        from PIL import Image
-
-        if isinstance(images, (str, Image.Image)):
-            images = [images]
-        pil = [Image.open(im).convert("RGB") if isinstance(im, str) else im.convert("RGB") for im in images]
-        self.set_model_mode("eval")
-        outs = []
-        for b in range(0, len(pil), batch_size):
-            x = torch.stack([self.tfm_test(im) for im in pil[b:b + batch_size]]).to(self.device)
-            with autocast(self.precision, self.device):
-                outs.append(self.inference({"img": x}).float().cpu())
-        self.set_model_mode("train")
-        out = torch.cat(outs) if outs else torch.zeros(0, self.num_classes)
-        names = list(self.classnames)
-        preds: List[Dict[str, Any]] = []
-        for row in out:
-            if type(self.evaluator).__name__ == "ValenceArousal":
-                preds.append({"valence": float(row[0]), "arousal": float(row[1])})
-            elif self.task == "multi_label":
-                p = row.sigmoid()
-                preds.append({"classnames": [n for n, v in zip(names, p) if v > self.cfg.TEST.THRESHOLD],
-                              "probs": {n: float(v) for n, v in zip(names, p)}})
-            else:
-                p = row.softmax(0)
-                k = int(p.argmax())
-                preds.append({"classname": names[k], "label": k, "probs": {n: float(v) for n, v in zip(names, p)}})
-        return preds
 
     def close(self) -> None:
         self.writer.close()

@@ -107,7 +107,6 @@ class UniEmoXPretrain(TrainerBase):
         self.held_out_split, self.held_out = (held[0], splits[held[0]]) if held else ("", [])
         if p.CON_WEIGHT > 0 and not all("scene" in d.attrs for d in self.items):
             raise ConfigError(f"L_con needs EmoSet annotations (DATASET.EMOSET.ATTRIBUTES True); dataset {dm.name} has none")
-        size = int(cfg.INPUT.SIZE[0])
         mode = p.DECODE.lower()
         if mode not in ("auto", "worker", "device"):
             raise ConfigError(f"TRAINER.UNIEMOX_PRETRAIN.DECODE must be auto, worker or device, got {p.DECODE!r}")
