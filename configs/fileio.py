@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from .errors import CheckpointError
 
@@ -93,3 +93,27 @@ def downloads_off(host: str, timeout: float = 3.0) -> str:
     except OSError:
         return f"{host} is unreachable"
     return ""
+
+
+def read_records(path: str) -> List[Dict[str, Any]]:
+    """The records of a run's ``metrics.jsonl`` (``path`` is the file or the run folder), in order.
+
+    Each is ``{"split", "epoch", "final", "metrics": {...}, ...}``; lines that are not such JSON
+    objects (a line cut by a kill before the run state restored it) are skipped. ``[]`` without a file.
+    """
+    import json
+
+    if os.path.isdir(path):
+        path = os.path.join(path, "metrics.jsonl")
+    out: List[Dict[str, Any]] = []
+    if not os.path.isfile(path):
+        return out
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("metrics"), dict):
+                out.append(rec)
+    return out

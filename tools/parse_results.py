@@ -28,13 +28,16 @@ from __future__ import annotations
 import argparse
 import csv
 import difflib
-import json
 import math
 import os
 import re
 import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs.fileio import read_records  # noqa: E402
 
 SEED_DIR = re.compile(r"^seed(-?\d+)$")
 RESULT_LINE = re.compile(r"\* ([A-Za-z0-9_@.\-]+): ([-+]?[\d.]+(?:[eE][-+]?\d+)?)%\s*$")
@@ -85,15 +88,7 @@ class RunResult:
 
 def read_metrics_jsonl(path: str, split: str) -> Optional[Dict[str, float]]:
     """The result of a run from its ``metrics.jsonl`` (None when it has no final record)."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("metrics"), dict):
-                records.append(rec)
+    records = read_records(path)
     if not any(r.get("final") is True for r in records):
         return None
     chosen = [r for r in records if r.get("split") == split and r.get("final") is True]

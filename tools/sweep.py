@@ -38,6 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs.fileio import read_records  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COOP_KEYS = ("TRAINER.COOP.N_CTX", "TRAINER.COOP.CSC", "TRAINER.COOP.CLASS_TOKEN_POSITION")
 COOP_SHORT = ("nctx", "csc", "ctp")
@@ -151,18 +155,7 @@ def plan(args: argparse.Namespace) -> List[Run]:
 
 def is_finished(output_dir: str) -> bool:
     """True when ``output_dir/metrics.jsonl`` has a record with ``"final": true``."""
-    path = os.path.join(output_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return False
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and rec.get("final") is True:
-                return True
-    return False
+    return any(rec.get("final") is True for rec in read_records(output_dir))
 
 
 def execute(run: Run) -> Tuple[int, List[str]]:

@@ -23,7 +23,6 @@ is one warning line.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import os
@@ -31,6 +30,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
+
+from configs.fileio import read_records
 
 logger = logging.getLogger(__name__)
 DPI = 130
@@ -89,22 +90,6 @@ def run_title(cfg: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------- training
-def read_records(output_dir: str) -> List[Dict[str, Any]]:
-    path = os.path.join(output_dir, "metrics.jsonl")
-    out: List[Dict[str, Any]] = []
-    if not os.path.isfile(path):
-        return out
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("metrics"), dict):
-                out.append(rec)
-    return out
-
-
 def _by_epoch(records: List[Dict[str, Any]], split: str) -> Dict[int, Dict[str, Any]]:
     """The last non-final record of ``split`` per epoch (a resumed run may repeat epochs)."""
     out: Dict[int, Dict[str, Any]] = {}
