@@ -14,13 +14,18 @@ are rebuilt from the archive's raw storage bytes (no pickled code), plain contai
 scalars are allowed, and a global on the caller's allow-list becomes an inert :class:`Stub`
 that records its name and state and runs nothing. Any other global (``os.system``,
 ``builtins.eval``, an unknown class) stops reading with a :class:`CheckpointError` naming it.
+
+:class:`SafeUnpickler` does the same for plain pickles (VEGA's conversation features, gensim
+``.kv`` files): containers, scalars and numpy arrays only.
 """
 from __future__ import annotations
 
 import collections
 import fnmatch
+import importlib
 import io
 import pickle
+import warnings
 import zipfile
 from typing import Any, Callable, Dict, Iterable, List, Tuple
 
@@ -238,3 +243,35 @@ def stub_names(obj: Any) -> List[str]:
         elif isinstance(cur, (list, tuple, set, frozenset)):
             todo += list(cur)
     return sorted(found)
+
+
+# ------------------------------------------------------------------ plain pickles
+_PLAIN_BUILTINS = frozenset({
+    "list", "dict", "tuple", "set", "frozenset", "int", "float", "complex", "bool", "str", "bytes",
+    "bytearray", "range", "slice",
+})
+_NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric", "numpy")
+_NUMPY_NAMES = frozenset({"_reconstruct", "scalar", "ndarray", "dtype", "_frombuffer"})
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """For plain pickles (conversation features, gensim word vectors): builds only containers,
+    scalars and numpy arrays; any other global is an ``UnpicklingError`` naming it."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in ("builtins", "__builtin__") and name in _PLAIN_BUILTINS:
+            return getattr(__import__("builtins"), name)
+        if module == "collections" and name in ("OrderedDict", "defaultdict"):
+            return getattr(__import__("collections"), name)
+        if module == "_codecs" and name == "encode":  # bytes written by Python 2 / protocol 2
+            import _codecs
+
+            return _codecs.encode
+        if module.startswith("numpy.dtypes") and name.endswith("DType"):
+            return getattr(importlib.import_module("numpy.dtypes"), name)
+        if module in _NUMPY_MODULES and name in _NUMPY_NAMES:
+            with warnings.catch_warnings():  # numpy 2 warns about numpy.core.*
+                warnings.simplefilter("ignore")
+                mod = importlib.import_module(module)
+            return getattr(mod, name)
+        raise pickle.UnpicklingError(f"forbidden global {module}.{name} (only containers and numpy arrays are allowed)")

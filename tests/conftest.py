@@ -57,3 +57,25 @@ def final_test(out_dir: str) -> dict:
     recs = [r for r in read_metrics(out_dir) if r.get("final")]
     assert recs, f"no final record in {out_dir}"
     return recs[-1]["metrics"]
+
+
+def step_lrs(opt, sched, epochs: int) -> List[float]:
+    """The learning rate of ``opt`` in each of ``epochs`` epochs, stepping ``sched`` once per epoch."""
+    out = []
+    for _ in range(epochs):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def engine_lrs(opts: List[str], epochs: int) -> List[float]:
+    """Per-epoch learning rates of EmoLab's optimiser and scheduler for the ``OPTIM.*`` ``opts``."""
+    from configs.config import merge_from_list
+    from trainers import get_cfg
+    from trainers.engine.optim import build_lr_scheduler, build_optimizer
+
+    cfg = get_cfg(with_extensions=False)
+    merge_from_list(cfg, opts)
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.OPTIM)
+    return step_lrs(opt, build_lr_scheduler(opt, cfg.OPTIM), epochs)

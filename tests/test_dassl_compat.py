@@ -13,10 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import CosineAnnealingLR, MultiStepLR, StepLR, _LRScheduler
 
-from configs.config import merge_from_list
-from conftest import COCOOP_CFG, COOP_CFG, SMALL_DATA, SYN_CFG, run_cli
-from trainers import get_cfg
-from trainers.engine.optim import build_lr_scheduler, build_optimizer, lr_factor_fn
+from conftest import COCOOP_CFG, COOP_CFG, SMALL_DATA, SYN_CFG, engine_lrs, run_cli, step_lrs
+from trainers.engine.optim import lr_factor_fn
 
 
 # ----------------------------------------------------------------------- Dassl's schedulers
@@ -71,29 +69,15 @@ def _dassl_lrs(lr, sched, max_epoch, stepsize, gamma, warmup_epoch, warmup_type,
     if warmup_epoch > 0:
         s = (_DasslConstant(opt, s, warmup_epoch, cons_lr) if warmup_type == "constant"
              else _DasslLinear(opt, s, warmup_epoch, min_lr))
-    out = []
-    for _ in range(max_epoch):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        s.step()
-    return out
+    return step_lrs(opt, s, max_epoch)
 
 
 def _emolab_lrs(lr, sched, max_epoch, stepsize, gamma, warmup_epoch, warmup_type, cons_lr, min_lr):
-    cfg = get_cfg(with_extensions=False)
-    merge_from_list(cfg, ["OPTIM.NAME", "sgd", "OPTIM.LR", str(lr), "OPTIM.LR_SCHEDULER", sched,
-                          "OPTIM.MAX_EPOCH", str(max_epoch), "OPTIM.STEPSIZE", str(tuple(stepsize)),
-                          "OPTIM.GAMMA", str(gamma), "OPTIM.WARMUP_EPOCH", str(warmup_epoch),
-                          "OPTIM.WARMUP_TYPE", warmup_type, "OPTIM.WARMUP_CONS_LR", str(cons_lr),
-                          "OPTIM.WARMUP_MIN_LR", str(min_lr)])
-    opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.OPTIM)
-    s = build_lr_scheduler(opt, cfg.OPTIM)
-    out = []
-    for _ in range(max_epoch):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        s.step()
-    return out
+    return engine_lrs(["OPTIM.NAME", "sgd", "OPTIM.LR", str(lr), "OPTIM.LR_SCHEDULER", sched,
+                       "OPTIM.MAX_EPOCH", str(max_epoch), "OPTIM.STEPSIZE", str(tuple(stepsize)),
+                       "OPTIM.GAMMA", str(gamma), "OPTIM.WARMUP_EPOCH", str(warmup_epoch),
+                       "OPTIM.WARMUP_TYPE", warmup_type, "OPTIM.WARMUP_CONS_LR", str(cons_lr),
+                       "OPTIM.WARMUP_MIN_LR", str(min_lr)], max_epoch)
 
 
 @pytest.mark.parametrize("setting", [

@@ -14,31 +14,18 @@ from trainers import get_cfg
 from configs.errors import CheckpointError, ConfigError
 from trainers.engine.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainers.engine.optim import build_lr_scheduler, build_optimizer, lr_factor_fn
-
-
-def _lrs(opts, epochs):
-    cfg = get_cfg(with_extensions=False)
-    merge_from_list(cfg, opts)
-    p = torch.nn.Parameter(torch.zeros(1))
-    opt = build_optimizer([p], cfg.OPTIM)
-    sched = build_lr_scheduler(opt, cfg.OPTIM)
-    out = []
-    for _ in range(epochs):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return out
+from conftest import engine_lrs
 
 
 def test_cosine_with_constant_warmup_matches_dassl():
-    lrs = _lrs(["OPTIM.NAME", "sgd", "OPTIM.LR", "0.002", "OPTIM.MAX_EPOCH", "4", "OPTIM.LR_SCHEDULER", "cosine",
+    lrs = engine_lrs(["OPTIM.NAME", "sgd", "OPTIM.LR", "0.002", "OPTIM.MAX_EPOCH", "4", "OPTIM.LR_SCHEDULER", "cosine",
                 "OPTIM.WARMUP_EPOCH", "1", "OPTIM.WARMUP_TYPE", "constant", "OPTIM.WARMUP_CONS_LR", "1e-5"], 4)
     expected = [1e-5] + [0.002 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(3)]
     assert lrs == pytest.approx(expected)
 
 
 def test_linear_warmup_then_multistep():
-    lrs = _lrs(["OPTIM.LR", "0.1", "OPTIM.LR_SCHEDULER", "multi_step", "OPTIM.STEPSIZE", "(2, 3)",
+    lrs = engine_lrs(["OPTIM.LR", "0.1", "OPTIM.LR_SCHEDULER", "multi_step", "OPTIM.STEPSIZE", "(2, 3)",
                 "OPTIM.WARMUP_EPOCH", "2", "OPTIM.WARMUP_TYPE", "linear", "OPTIM.WARMUP_MIN_LR", "0.01",
                 "OPTIM.MAX_EPOCH", "7"], 7)
     assert lrs == pytest.approx([0.01, 0.05, 0.1, 0.1, 0.01, 0.001, 0.001])  # Dassl: base_lr * e / WARMUP_EPOCH

@@ -21,16 +21,15 @@ global (a class, ``os.system``, torch tensors, ...) stops loading with a :class:
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import pickle
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from configs.errors import DatasetError
+from configs.safe_unpickle import SafeUnpickler
 
 logger = logging.getLogger(__name__)
 
@@ -42,36 +41,6 @@ LAYOUTS = {
 }
 IEMOCAP_CLASSES = ("happy", "sad", "neutral", "anger", "excited", "frustration")
 MELD_CLASSES = ("neutral", "surprise", "fear", "sad", "happy", "disgust", "anger")
-
-_SAFE_BUILTINS = frozenset({
-    "list", "dict", "tuple", "set", "frozenset", "int", "float", "complex", "bool", "str", "bytes",
-    "bytearray", "range", "slice",
-})
-_NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric", "numpy")
-_NUMPY_NAMES = frozenset({"_reconstruct", "scalar", "ndarray", "dtype", "_frombuffer"})
-
-
-class SafeUnpickler(pickle.Unpickler):
-    """An unpickler that only builds containers, scalars and numpy arrays (see the module docstring)."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
-            return getattr(__import__("builtins"), name)
-        if module == "collections" and name in ("OrderedDict", "defaultdict"):
-            return getattr(__import__("collections"), name)
-        if module == "_codecs" and name == "encode":  # bytes written by Python 2 / protocol 2
-            import _codecs
-
-            return _codecs.encode
-        if module.startswith("numpy.dtypes") and name.endswith("DType"):
-            return getattr(importlib.import_module("numpy.dtypes"), name)
-        if module in _NUMPY_MODULES and name in _NUMPY_NAMES:
-            with warnings.catch_warnings():  # numpy 2 warns about numpy.core.*
-                warnings.simplefilter("ignore")
-                mod = importlib.import_module(module)
-            return getattr(mod, name)
-        raise pickle.UnpicklingError(f"forbidden global {module}.{name} (only containers and numpy arrays are allowed)")
-
 
 def load_pickle(path: str) -> Any:
     """Unpickle ``path`` with :class:`SafeUnpickler` (``encoding="latin1"`` reads Python 2 pickles)."""

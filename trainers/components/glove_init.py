@@ -82,11 +82,11 @@ _GENSIM_CLASSES = {
 
 
 def _restricted_unpickler():
-    """A :class:`~datasets.conversation.format.SafeUnpickler` (containers, scalars, numpy arrays)
+    """A :class:`~configs.safe_unpickle.SafeUnpickler` (containers, scalars, numpy arrays)
     that also accepts gensim's KeyedVectors classes, as inert attribute holders."""
     import pickle
 
-    from datasets.conversation.format import SafeUnpickler
+    from configs.safe_unpickle import SafeUnpickler
 
     class KeyedVectorsUnpickler(SafeUnpickler):
         def find_class(self, module: str, name: str):
