@@ -29,7 +29,6 @@ from datasets import build_dataset
 from datasets.formats.person_boxes import read_person_boxes
 from datasets.loader import EpochSampler, ShardSampler, seeded_data_loader
 from trainers.components.fusion import build_fusion
-from trainers.engine.checkpoint import ckpt_name
 from trainers.engine import TrainerBase
 from trainers.registry import TRAINER_REGISTRY
 
@@ -258,19 +257,17 @@ class UniEmoXPretrain(TrainerBase):
         logger.info(f"pre-trained weights for fine-tuning: {path} (TRAINER.UNIEMOX.INIT)")
 
     def final_test(self) -> Dict[str, float]:
-        """The hand-off file, the pretext losses on the held-out phase, then the engine's final commit."""
+        """The hand-off file for fine-tuning, then the engine's final test and commit."""
         self.write_handoff()
-        last = (self.manifest or {}).get("epoch", 0)
-        used = {"file": ckpt_name(last), "epoch": last} if self._models and last else None
-        self.final_checkpoint = used
-        if self.cfg.TEST.NO_TEST or self.test_loader is None:
+        return super().final_test()
+
+    def test(self, split: Optional[str] = None, final: bool = True) -> Dict[str, float]:
+        """The pretext losses on the held-out phase (the phase pre-training did not use)."""
+        if self.test_loader is None:  # every phase was trained on: a final record with no metrics
             if self.is_main:
                 self.writer.write({"split": "train", "epoch": self.epoch + 1, "final": True, "metrics": {}})
-            results: Dict[str, float] = {}
-        else:
-            results = self.evaluate(self.held_out_split, final=True)
-        self._commit_final(results, used)
-        return results
+            return {}
+        return self.evaluate(self.held_out_split, final=final)
 
     @torch.no_grad()
     def evaluate(self, split: str, final: bool = False) -> Dict[str, float]:
