@@ -24,7 +24,7 @@ from configs.config import merge_from_file, merge_from_list, save_cfg
 from configs.validate import check_config
 
 from trainers import get_cfg
-from configs.errors import ConfigError, EmoLabError
+from utils.errors import ConfigError, EmoLabError
 
 logger = logging.getLogger("emolab")
 

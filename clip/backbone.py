@@ -7,7 +7,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from configs.errors import ConfigError
+from utils.errors import ConfigError
 
 from .image import VisualPrompts, encode_vit, vit_tokens
 from .quiet import quiet_open_clip

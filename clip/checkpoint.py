@@ -5,7 +5,7 @@ Formats are told apart by content, not by extension:
 * safetensors (8-byte header length, then a JSON header);
 * TorchScript archives as OpenAI distributes them (a zip with ``code/`` and ``constants.pkl``):
   read WITHOUT ``torch.jit.load`` (which compiles the archive's code and runs its
-  ``__setstate__`` methods): ``data.pkl`` is unpickled by ``configs.safe_unpickle`` (tensors from
+  ``__setstate__`` methods): ``data.pkl`` is unpickled by ``utils.safe_unpickle`` (tensors from
   the raw storage bytes, the scripted module classes as inert stubs, anything else refused) and
   the parameters and buffers each class declares in its ``code/`` entry become the state dict;
 * ``torch.save`` pickles (zip or legacy), read with ``weights_only=True``: a plain state dict,
@@ -27,7 +27,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from configs.errors import CheckpointError
+from utils.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def read_torchscript_state_dict(path: str) -> Dict[str, torch.Tensor]:
     A tensor attribute counts when its class declares it in ``__parameters__`` / ``__buffers__``
     (all tensor attributes when the class's code entry is missing).
     """
-    from configs.safe_unpickle import Stub, allow_patterns, read_torch_zip
+    from utils.safe_unpickle import Stub, allow_patterns, read_torch_zip
 
     root, names = read_torch_zip(path, allow_patterns(["__torch__.*"]), what="CLIP checkpoint")
     if not isinstance(root, Stub):

@@ -6,8 +6,8 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-from configs.errors import CheckpointError, ConfigError
-from configs.registry import closest
+from utils.errors import CheckpointError, ConfigError
+from utils.registry import closest
 
 from .backbone import ClipBackbone
 from .checkpoint import CheckpointWeights, find_checkpoint, load_weights, looks_like_path, read_checkpoint

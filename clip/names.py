@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List
 
-from configs.errors import ConfigError
-from configs.registry import closest
+from utils.errors import ConfigError
+from utils.registry import closest
 
 logger = logging.getLogger(__name__)
 

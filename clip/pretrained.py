@@ -27,8 +27,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from configs.errors import CheckpointError, ConfigError
-from configs.fileio import downloads_off
+from utils.errors import CheckpointError, ConfigError
+from utils.fileio import downloads_off
 
 from .names import REPO_ROOT, resolve_model_name
 

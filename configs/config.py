@@ -15,9 +15,10 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from .defaults import get_cfg_default
-from .errors import ConfigError
-from .fileio import atomic_write
-from .registry import CONFIG_EXTENSIONS, closest
+from utils.errors import ConfigError
+from utils.fileio import atomic_write
+from utils.registry import closest
+from .registry import CONFIG_EXTENSIONS
 
 
 def get_cfg(with_extensions: bool = True) -> CN:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from .errors import ConfigError
-from .registry import closest
+from utils.errors import ConfigError
+from utils.registry import closest
 
 #: engine keys with a fixed set of values (compared case-insensitively where the code does)
 CHOICES = {

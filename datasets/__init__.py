@@ -5,7 +5,7 @@ public datasets' native layouts, ``conversation/`` the conversation features, ``
 generates data. Importing the package imports every module in it and its sub-packages (found
 with pkgutil, no hand-kept list), so each dataset class and config extension registers itself.
 """
-from configs.registry import import_submodules
+from utils.registry import import_submodules
 
 from .base import DATASET_REGISTRY, DatasetBase, Datum, check_images
 from .build import build_dataset

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from configs.errors import DatasetError
-from configs.registry import Registry
+from utils.errors import DatasetError
+from utils.registry import Registry
 
 logger = logging.getLogger(__name__)
 

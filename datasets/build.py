@@ -5,7 +5,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from configs.errors import ConfigError, DatasetError
+from utils.errors import ConfigError, DatasetError
 
 from .base import DATASET_REGISTRY, TASKS, DatasetBase, check_images
 from .fewshot import sample_fewshot, subsample_classes

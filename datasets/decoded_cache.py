@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from configs.errors import CheckpointError
-from configs.fileio import atomic_torch_save, safe_torch_load
-from configs.killpoints import killpoint
+from utils.errors import CheckpointError
+from utils.fileio import atomic_torch_save, safe_torch_load
+from utils.killpoints import killpoint
 
 from .base import Datum
 from .loader import apply_transform, read_image, stack_targets, view_seed
@@ -94,7 +94,7 @@ def decode_all(data: Sequence[Datum], cache_dir: str = "") -> DecodedImages:
                 raise CheckpointError(f"decoded-image cache {path} does not hold the {len(data)} images expected: "
                                       "delete it to rebuild")
             return DecodedImages(obj["data"], obj["offsets"], obj["sizes"])
-    from configs.progress import progress
+    from utils.progress import progress
 
     arrays = [decode(d.impath) for d in progress(data, desc="decoding images", unit="img")]
     sizes = torch.tensor([a.shape[1:] for a in arrays], dtype=torch.int64).reshape(-1, 2)

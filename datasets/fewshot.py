@@ -12,7 +12,7 @@ import os
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from configs.errors import DatasetError
+from utils.errors import DatasetError
 
 from .base import Datum
 from .splits import (

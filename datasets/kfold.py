@@ -20,7 +20,7 @@ from typing import Any, List, Sequence, Tuple
 
 import numpy as np
 
-from configs.errors import ConfigError, DatasetError
+from utils.errors import ConfigError, DatasetError
 from configs.registry import register_config
 
 from .base import DatasetBase, Datum

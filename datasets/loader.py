@@ -16,8 +16,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from configs.errors import ConfigError, DatasetError
-from configs.registry import closest
+from utils.errors import ConfigError, DatasetError
+from utils.registry import closest
 
 from .base import Datum
 

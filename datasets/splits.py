@@ -14,8 +14,8 @@ import random
 from collections import defaultdict
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from configs.errors import DatasetError
-from configs.fileio import atomic_write
+from utils.errors import DatasetError
+from utils.fileio import atomic_write
 
 from .base import Datum
 

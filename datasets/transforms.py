@@ -20,8 +20,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from configs.errors import ConfigError
-from configs.registry import closest
+from utils.errors import ConfigError
+from utils.registry import closest
 
 logger = logging.getLogger(__name__)
 

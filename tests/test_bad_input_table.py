@@ -217,7 +217,7 @@ def _prepare(extra, kw, tmp_path, earlier, monkeypatch):
                     torch.save({"state_dict": Evil(str(tmp_path / "PWNED"))}, f)
             args += ["--model-dir", str(md)]
         elif a == "@enospc":
-            import configs.fileio as fileio
+            import utils.fileio as fileio
 
             real_save = torch.save
 

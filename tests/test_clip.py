@@ -15,7 +15,7 @@ import clip.loading
 from clip import ClipBackbone, available_models, load_clip, resolve_model_name
 from clip.checkpoint import read_checkpoint
 from clip.text import run_transformer
-from configs.errors import CheckpointError, ConfigError
+from utils.errors import CheckpointError, ConfigError
 
 TEXTS = ["a photo of a cat.", "joy", "an oil painting of a very sad old man sitting alone in the rain at night."]
 OPENAI_META = {"input_resolution": 32, "context_length": 77, "vocab_size": 49408}

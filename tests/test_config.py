@@ -10,7 +10,7 @@ import pytest
 from configs.config import merge_from_file, merge_from_list
 
 from trainers import get_cfg
-from configs.errors import ConfigError
+from utils.errors import ConfigError
 from conftest import ROOT, SMALL_DATA, SYN_CFG
 
 

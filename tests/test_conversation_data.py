@@ -13,7 +13,7 @@ import torch
 from configs.config import merge_from_list
 
 from trainers import get_cfg
-from configs.errors import DatasetError
+from utils.errors import DatasetError
 from datasets import DATASET_REGISTRY, build_dataset
 from datasets.conversation.features import ConversationFeatures, IEMOCAPFeatures, MELDFeatures, split_dialogues
 from datasets.conversation.format import SafeUnpickler, load_pickle, parse_conversation

@@ -271,7 +271,7 @@ def test_official_checkpoint_loads_without_pickled_code_and_gives_the_same_logit
 
 def test_refused_globals_are_named(tmp_path):
     """Anything outside the allow-list (here os.system via __reduce__) stops reading, unrun."""
-    from configs.errors import CheckpointError
+    from utils.errors import CheckpointError
     from trainers.engine.checkpoint import load_checkpoint
 
     class Evil:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from configs.config import merge_from_list
 from configs.defaults import get_cfg_default
-from configs.errors import ConfigError, DatasetError
+from utils.errors import ConfigError, DatasetError
 from datasets import DATASET_REGISTRY, DatasetBase, Datum, build_data_loader, build_dataset, build_transform, check_images
 from datasets.formats.csv_dataset import add_csv_dataset_config
 from datasets.fewshot import sample_fewshot, subsample_classes

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from configs.errors import ConfigError
+from utils.errors import ConfigError
 from trainers.components import glove_init, visual_clusters
 from trainers.components.aux_head import AuxiliaryEmotionHead
 from trainers.components.chromatic import ChromaticAnalyzer, build_chromatic, low_frequency_energy

@@ -11,7 +11,7 @@ import torch
 from configs.config import merge_from_list
 
 from trainers import get_cfg
-from configs.errors import CheckpointError, ConfigError
+from utils.errors import CheckpointError, ConfigError
 from trainers.engine.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainers.engine.optim import build_lr_scheduler, build_optimizer, lr_factor_fn
 from conftest import engine_lrs

@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
 
 from configs.defaults import get_cfg_default
-from configs.errors import ConfigError
+from utils.errors import ConfigError
 from trainers.evaluation import Classification, MultiLabel, build_evaluator
 
 COOP_ACC = re.compile(r"\* accuracy: ([\.\deE+-]+)%")  # CoOp's parse_test_res.py regex

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from configs.errors import CheckpointError, ConfigError
+from utils.errors import CheckpointError, ConfigError
 from conftest import ROOT, final_test, run_cli
 from datasets import Datum
 from datasets.base import DatasetBase

@@ -11,7 +11,7 @@ import pytest
 from configs.config import merge_from_file, merge_from_list
 
 from trainers import get_cfg
-from configs.errors import ConfigError, DatasetError
+from utils.errors import ConfigError, DatasetError
 from conftest import COOP_CFG, run_cli
 from datasets import build_dataset
 from datasets.synthetic.native import NativeSettings, write_native

@@ -4,7 +4,7 @@ For each trainer, an uninterrupted reference run; then the same run is killed at
 another (each kill resumes from what the previous one left), and finally runs to the end. The
 resumed run must give exactly the reference's metrics records (bit-identical values, each (split,
 epoch) once), the same checkpoint weights, and exactly the files the config keeps. Kills raise
-:class:`~configs.killpoints.SimulatedKill` in-process (``EMOLAB_KILL_MODE=raise``); two tests send a
+:class:`~utils.killpoints.SimulatedKill` in-process (``EMOLAB_KILL_MODE=raise``); two tests send a
 real SIGKILL to a subprocess first, where no cleanup code runs at all.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from conftest import COCOOP_CFG, COOP_CFG, ROOT, SMALL_DATA, SYN_CFG, run_cli
-from configs import killpoints
-from configs.killpoints import SimulatedKill
+from utils import killpoints
+from utils.killpoints import SimulatedKill
 
 ML_DATA = os.path.join(ROOT, "configs/datasets/synthetic_emotion_ml.yaml")
 CONV_DATA = os.path.join(ROOT, "configs/datasets/synthetic_conversation.yaml")

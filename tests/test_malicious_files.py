@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from configs.errors import EmoLabError
+from utils.errors import EmoLabError
 
 
 class Evil:

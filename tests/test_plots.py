@@ -122,7 +122,7 @@ def test_plot_results_and_pivot(tmp_path, capsys):
 
 
 def test_progress_lines_when_not_a_terminal(monkeypatch, caplog):
-    from configs import progress as pg
+    from utils import progress as pg
 
     monkeypatch.setenv("EMOLAB_PROGRESS", "lines")
     times = iter([0.0, 20.0, 20.0, 21.0, 45.0])

@@ -60,7 +60,7 @@ def test_rerun_with_another_config_is_refused_and_restart_starts_over(tmp_path, 
 
 
 def test_interrupted_run_resumes_only_with_the_same_config(tmp_path, data_root, monkeypatch, capsys):
-    from configs.killpoints import SimulatedKill
+    from utils.killpoints import SimulatedKill
 
     out = tmp_path / "run"
     monkeypatch.setenv("EMOLAB_KILL_MODE", "raise")
@@ -79,7 +79,7 @@ def test_interrupted_run_resumes_only_with_the_same_config(tmp_path, data_root, 
 def test_missing_run_state_and_markers_resume_from_the_files(tmp_path, data_root, monkeypatch):
     """No run_state.json and no `checkpoint` marker (an older run, or deleted files): the latest
     complete epoch is found from the files and nothing is started over or deleted."""
-    from configs.killpoints import SimulatedKill
+    from utils.killpoints import SimulatedKill
 
     full = tmp_path / "full"
     assert run_cli(_args(data_root, full, "TRAIN.CHECKPOINT_FREQ", "1")) == 0

@@ -9,7 +9,7 @@ import pathlib
 import pytest
 import torch
 
-from configs.errors import CheckpointError, DatasetError
+from utils.errors import CheckpointError, DatasetError
 from trainers.components.fusion import build_fusion
 from trainers.uniemox.checkpoints import load_into_classifier, load_into_mae, read_checkpoint
 from trainers.uniemox.mae import MaskedAutoencoderViT

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from configs.errors import CheckpointError, ConfigError, DatasetError
+from utils.errors import CheckpointError, ConfigError, DatasetError
 from conftest import ROOT, SMALL_DATA, SYN_CFG, final_test, read_metrics, run_cli
 from trainers.cnn.backbones import build_cnn_backbone
 from trainers.cnn.base import EarlyStoppingHook

@@ -15,7 +15,7 @@ from sklearn.metrics import f1_score, precision_score
 from configs.config import merge_from_file
 
 from trainers import get_cfg
-from configs.errors import CheckpointError
+from utils.errors import CheckpointError
 from conftest import ROOT, final_test, run_cli
 from trainers.components.anchors import (
     AnchorBank, AnchorSet, anchor_logits, anchors_from_features, load_anchors, match_anchors, save_anchors,

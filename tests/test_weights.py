@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 import clip.pretrained as cp
-from configs.errors import CheckpointError, ConfigError
+from utils.errors import CheckpointError, ConfigError
 from conftest import COOP_CFG, ROOT, SMALL_DATA, SYN_CFG, run_cli
 
 OPENAI_META = {"input_resolution": 32, "context_length": 77, "vocab_size": 49408}
@@ -180,7 +180,7 @@ def test_cnn_without_weights_or_network_exits_2_with_one_line(fresh_home, tmp_pa
 def test_downloads_off_says_why_and_fails_fast(monkeypatch):
     import time
 
-    from configs.fileio import downloads_off
+    from utils.fileio import downloads_off
 
     for k in ("HF_HUB_OFFLINE", "EMOLAB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(k, raising=False)

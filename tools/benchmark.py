@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs.errors import EmoLabError  # noqa: E402
+from utils.errors import EmoLabError  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs.errors import ConfigError, DatasetError, EmoLabError  # noqa: E402
+from utils.errors import ConfigError, DatasetError, EmoLabError  # noqa: E402
 from datasets.loader import read_image  # noqa: E402
 from datasets.transforms import TransformSettings, compose  # noqa: E402
 from trainers.components.anchors import AnchorSet, anchors_from_features, save_anchors  # noqa: E402

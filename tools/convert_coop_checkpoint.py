@@ -31,8 +31,8 @@ from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs.errors import EmoLabError  # noqa: E402
-from configs.fileio import atomic_torch_save, atomic_write  # noqa: E402
+from utils.errors import EmoLabError  # noqa: E402
+from utils.fileio import atomic_torch_save, atomic_write  # noqa: E402
 
 logger = logging.getLogger("convert_coop_checkpoint")
 MODEL_NAME = "prompt_learner"
@@ -40,7 +40,7 @@ MODEL_NAME = "prompt_learner"
 
 def source_file(src: str, epoch: Optional[int]) -> str:
     """The checkpoint file ``src`` names (a file, or a run / model folder)."""
-    from configs.errors import CheckpointError
+    from utils.errors import CheckpointError
     from trainers.engine.checkpoint import checkpoint_path
 
     if os.path.isfile(src):

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs.errors import CheckpointError, ConfigError, EmoLabError  # noqa: E402
+from utils.errors import CheckpointError, ConfigError, EmoLabError  # noqa: E402
 
 COCO_PERSON = 1  # torchvision's 91-index COCO labels
 #: arch -> (score-threshold kwarg, nms kwarg)
@@ -46,7 +46,7 @@ def build_detector(arch: str, weights: str, score_threshold: float, nms: float) 
     from trainers.uniemox.checkpoints import read_checkpoint
 
     if arch not in ARCHS:
-        from configs.registry import closest
+        from utils.registry import closest
 
         hint = closest(arch, list(ARCHS))
         raise ConfigError(f"unknown --arch {arch!r}" + (f" (did you mean {hint!r}?)" if hint else f" (known: {', '.join(ARCHS)})"))
@@ -81,7 +81,7 @@ def detect(model: torch.nn.Module, paths: Sequence[str], score_threshold: float,
            device: torch.device) -> List[Optional[List[float]]]:
     from torchvision.io import ImageReadMode, decode_image, read_file
 
-    from configs.errors import DatasetError
+    from utils.errors import DatasetError
 
     out: List[Optional[List[float]]] = []
     for i in range(0, len(paths), batch_size):

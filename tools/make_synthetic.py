@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs.errors import EmoLabError  # noqa: E402
+from utils.errors import EmoLabError  # noqa: E402
 from datasets.synthetic.images import SyntheticSettings  # noqa: E402
 from datasets.synthetic.emotion import DATASET_DIR, ensure_synthetic, load_synthetic  # noqa: E402
 from datasets.synthetic.native import DEFAULT_DIRS, FORMATS, NativeSettings, write_native  # noqa: E402

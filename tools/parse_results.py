@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs.fileio import read_records  # noqa: E402
+from utils.fileio import read_records  # noqa: E402
 
 SEED_DIR = re.compile(r"^seed(-?\d+)$")
 RESULT_LINE = re.compile(r"\* ([A-Za-z0-9_@.\-]+): ([-+]?[\d.]+(?:[eE][-+]?\d+)?)%\s*$")

@@ -40,7 +40,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs.fileio import read_records  # noqa: E402
+from utils.fileio import read_records  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COOP_KEYS = ("TRAINER.COOP.N_CTX", "TRAINER.COOP.CSC", "TRAINER.COOP.CLASS_TOKEN_POSITION")

@@ -6,7 +6,7 @@ hand-kept list to update when a trainer is added.
 """
 import datasets  # noqa: F401  (registers datasets and their config nodes)
 from configs.config import get_cfg as _get_cfg
-from configs.registry import import_submodules
+from utils.registry import import_submodules
 
 from .registry import TRAINER_REGISTRY
 

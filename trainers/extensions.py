@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any, List
 
-from configs.errors import ConfigError
+from utils.errors import ConfigError
 
 
 def import_extensions(modules: Any = (), env_var: str = "EMOLAB_IMPORT") -> List[str]:

@@ -1,4 +1,4 @@
 """The trainer registry (``@TRAINER_REGISTRY.register()`` on a TrainerBase subclass)."""
-from configs.registry import Registry
+from utils.registry import Registry
 
 TRAINER_REGISTRY = Registry("trainer")

@@ -28,8 +28,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from configs.errors import DatasetError
-from configs.safe_unpickle import SafeUnpickler
+from utils.errors import DatasetError
+from utils.safe_unpickle import SafeUnpickler
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from configs.errors import ConfigError, DatasetError
+from utils.errors import ConfigError, DatasetError
 
 from datasets.conversation.format import MODALITIES, Dialogue
 from datasets.loader import EpochSampler, ShardSampler, seeded_data_loader

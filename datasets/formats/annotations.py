@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import pandas as pd
 
-from configs.errors import DatasetError
+from utils.errors import DatasetError
 
 from datasets.base import Datum
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from yacs.config import CfgNode as CN
 
-from configs.errors import ConfigError, DatasetError
+from utils.errors import ConfigError, DatasetError
 from configs.registry import register_config
 
 from datasets.base import Datum

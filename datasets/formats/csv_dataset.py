@@ -15,7 +15,7 @@ from typing import Any, List, Optional, Sequence
 
 from yacs.config import CfgNode as CN
 
-from configs.errors import DatasetError
+from utils.errors import DatasetError
 from configs.registry import register_config
 
 from datasets.formats.annotations import CSVSpec, infer_classnames, parse_table, read_table

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from yacs.config import CfgNode as CN
 
-from configs.errors import ConfigError, DatasetError
+from utils.errors import ConfigError, DatasetError
 from configs.registry import register_config
 
 from datasets.base import DATASET_REGISTRY, DatasetBase, Datum

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from yacs.config import CfgNode as CN
 
-from configs.errors import ConfigError, DatasetError
+from utils.errors import ConfigError, DatasetError
 from configs.registry import register_config
 
 from datasets.base import DATASET_REGISTRY, DatasetBase, Datum

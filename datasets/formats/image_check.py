@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image, UnidentifiedImageError
 
-from configs.errors import DatasetError
+from utils.errors import DatasetError
 
 from datasets.base import DatasetBase, Datum, check_images
 from datasets.formats.common import NativeOptions, check_image_mode
@@ -45,7 +45,7 @@ def find_bad_images(paths: Sequence[str], mode: str, workers: int = 8) -> List[T
     unique = list(dict.fromkeys(paths))
     n_workers = max(1, min(workers, (os.cpu_count() or 1) * 2, len(unique)))
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        from configs.progress import progress
+        from utils.progress import progress
 
         checked = progress(pool.map(lambda p: probe_image(p, mode), unique), total=len(unique),
                            desc=f"screening images ({mode})", unit="img")

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Tuple
 
 from yacs.config import CfgNode as CN
 
-from configs.errors import DatasetError
+from utils.errors import DatasetError
 from configs.registry import register_config
 
 from datasets.base import DATASET_REGISTRY, DatasetBase, Datum

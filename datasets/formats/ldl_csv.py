@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from yacs.config import CfgNode as CN
 
-from configs.errors import ConfigError, DatasetError
+from utils.errors import ConfigError, DatasetError
 from configs.registry import register_config
 
 from datasets.formats.annotations import read_table

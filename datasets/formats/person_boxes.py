@@ -16,8 +16,8 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from configs.errors import DatasetError
-from configs.fileio import atomic_write
+from utils.errors import DatasetError
+from utils.fileio import atomic_write
 
 FORMAT = "emolab-person-boxes"
 VERSION = 1

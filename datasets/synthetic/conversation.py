@@ -25,8 +25,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 from yacs.config import CfgNode as CN
 
-from configs.errors import ConfigError, DatasetError
-from configs.fileio import atomic_write, file_lock
+from utils.errors import ConfigError, DatasetError
+from utils.fileio import atomic_write, file_lock
 from configs.registry import register_config
 
 from datasets.base import DATASET_REGISTRY

@@ -15,8 +15,8 @@ from typing import Any
 
 from yacs.config import CfgNode as CN
 
-from configs.errors import ConfigError, DatasetError
-from configs.fileio import file_lock
+from utils.errors import ConfigError, DatasetError
+from utils.fileio import file_lock
 from configs.registry import register_config
 
 from datasets.formats.annotations import parse_table, read_table

@@ -219,7 +219,7 @@ def write_synthetic(out_dir: str, settings: SyntheticSettings) -> Dict[str, int]
     counts = {"train": settings.n_train_per_class, "val": settings.n_val_per_class, "test": settings.n_test_per_class}
     n_cls = len(CLASSNAMES)
     rows: List[list] = []
-    from configs.progress import progress
+    from utils.progress import progress
 
     bar = progress(total=sum(counts.values()) * n_cls, desc="generating synthetic images", unit="img")
     for split, per_class in counts.items():

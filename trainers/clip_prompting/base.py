@@ -8,8 +8,8 @@ from typing import Any, Dict
 import torch
 import torch.nn.functional as F
 
-from configs.errors import ConfigError
-from configs.fileio import REPO_ROOT
+from utils.errors import ConfigError
+from utils.fileio import REPO_ROOT
 from configs.registry import register_config
 from trainers.engine import TrainerBase
 from trainers.engine import feature_cache as fc

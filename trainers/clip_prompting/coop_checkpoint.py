@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from configs.errors import CheckpointError
+from utils.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 OFFICIAL_TOKEN_KEYS = ("token_prefix", "token_suffix")

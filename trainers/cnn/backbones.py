@@ -33,9 +33,10 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from configs.errors import ConfigError
-from configs.fileio import optional_path
-from configs.registry import closest, register_config
+from utils.errors import ConfigError
+from utils.fileio import optional_path
+from utils.registry import closest
+from configs.registry import register_config
 
 from .weights import load_backbone_weights, read_state_dict, timm_imagenet, torchvision_imagenet  # noqa: F401  (public here too)
 

@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch.nn as nn
 
-from configs.errors import ConfigError
-from configs.registry import closest
+from utils.errors import ConfigError
+from utils.registry import closest
 from trainers.cnn.backbones import CNNBackbone, build_backbone_from_config, param_groups
 from trainers.engine import TrainerBase
 from trainers.engine.hooks import HookBase

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from clip.pretrained import hf_cache_dir
-from configs.errors import CheckpointError, ConfigError
-from configs.fileio import downloads_off
+from utils.errors import CheckpointError, ConfigError
+from utils.fileio import downloads_off
 
 logger = logging.getLogger("trainers.cnn.backbones")
 

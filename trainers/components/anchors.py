@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from configs.fileio import atomic_torch_save, safe_torch_load
-from configs.errors import CheckpointError
+from utils.fileio import atomic_torch_save, safe_torch_load
+from utils.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configs.registry import Registry
+from utils.registry import Registry
 
 CHROMATIC_FUSIONS = Registry("chromatic fusion (TRAINER.EMOCOOP.COLOR_FUSION)")
 COOL_RGB = (0.2, 0.3, 0.5)

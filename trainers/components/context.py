@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from configs.registry import Registry
+from utils.registry import Registry
 
 CONTEXT_GENERATORS = Registry("context generator")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from configs.errors import ConfigError
+from utils.errors import ConfigError
 
 
 class VisionTextCoupling(nn.Module):

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from configs.errors import ConfigError
-from configs.registry import Registry, closest
+from utils.errors import ConfigError
+from utils.registry import Registry, closest
 
 MIKELS_WHEEL = ("fear", "sadness", "disgust", "anger", "amusement", "contentment", "awe", "excitement")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from configs.registry import Registry
+from utils.registry import Registry
 
 FUSION_MODULES = Registry("fusion module (TRAINER.UNIEMOX_PRETRAIN.FUSION)")
 

@@ -24,8 +24,8 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from configs.errors import ConfigError
-from configs.fileio import REPO_ROOT
+from utils.errors import ConfigError
+from utils.fileio import REPO_ROOT
 
 logger = logging.getLogger(__name__)
 VECTOR_SUFFIXES = (".kv", ".bin", ".txt", ".vec", ".gz", ".w2v", ".model")
@@ -82,11 +82,11 @@ _GENSIM_CLASSES = {
 
 
 def _restricted_unpickler():
-    """A :class:`~configs.safe_unpickle.SafeUnpickler` (containers, scalars, numpy arrays)
+    """A :class:`~utils.safe_unpickle.SafeUnpickler` (containers, scalars, numpy arrays)
     that also accepts gensim's KeyedVectors classes, as inert attribute holders."""
     import pickle
 
-    from configs.safe_unpickle import SafeUnpickler
+    from utils.safe_unpickle import SafeUnpickler
 
     class KeyedVectorsUnpickler(SafeUnpickler):
         def find_class(self, module: str, name: str):

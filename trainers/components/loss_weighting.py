@@ -22,8 +22,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from configs.errors import ConfigError
-from configs.registry import Registry
+from utils.errors import ConfigError
+from utils.registry import Registry
 
 logger = logging.getLogger(__name__)
 LOSS_WEIGHTINGS = Registry("loss weighting (TRAINER.EMOCOOP.WEIGHT_STRATEGY)")

@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configs.errors import ConfigError
-from configs.registry import Registry
+from utils.errors import ConfigError
+from utils.registry import Registry
 
 MULTILABEL_LOSSES = Registry("multi-label loss")
 

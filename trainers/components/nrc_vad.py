@@ -22,9 +22,9 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from configs.errors import ConfigError, DatasetError
-from configs.fileio import optional_path
-from configs.registry import closest
+from utils.errors import ConfigError, DatasetError
+from utils.fileio import optional_path
+from utils.registry import closest
 
 from .emotion_wheel import parse_pairs
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configs.errors import ConfigError
+from utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 POSITIONS = ("end", "middle", "front")

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from configs.errors import CheckpointError, ConfigError
-from configs.fileio import atomic_torch_save, safe_torch_load
-from configs.killpoints import killpoint
-from configs.registry import Registry
+from utils.errors import CheckpointError, ConfigError
+from utils.fileio import atomic_torch_save, safe_torch_load
+from utils.killpoints import killpoint
+from utils.registry import Registry
 
 from .glove_init import xavier_projection
 
@@ -112,7 +112,7 @@ class TorchvisionFeatures(FeatureExtractor):
 @torch.no_grad()
 def extract_features(loader, extractor: Callable, device: torch.device) -> np.ndarray:
     """Features [N, F] (float64) of every image the loader yields, in order."""
-    from configs.progress import progress
+    from utils.progress import progress
 
     out = [extractor(batch["img"].to(device)).cpu().double()
            for batch in progress(loader, desc="k-means init: image features", unit="batch")]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from yacs.config import CfgNode as CN
 
-from configs.errors import ConfigError
+from utils.errors import ConfigError
 from configs.registry import register_config
 
 VOTE_TYPES = ("mean", "max", "weighted")

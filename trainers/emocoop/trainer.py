@@ -19,7 +19,7 @@ from typing import Any, Dict, List
 import torch
 import torch.nn.functional as F
 
-from configs.errors import ConfigError
+from utils.errors import ConfigError
 from datasets import build_data_loader
 from trainers.clip_prompting.base import ClipTrainerBase, build_clip_backbone
 from trainers.components import glove_init, visual_clusters

@@ -12,8 +12,8 @@ import logging
 import os
 from typing import Any, Dict, Optional
 
-from configs.errors import CheckpointError
-from configs.fileio import atomic_torch_save, atomic_write, safe_torch_load
+from utils.errors import CheckpointError
+from utils.fileio import atomic_torch_save, atomic_write, safe_torch_load
 
 logger = logging.getLogger(__name__)
 BEST = "model-best.pth.tar"
@@ -66,7 +66,7 @@ def read_dassl_checkpoint(path: str) -> Dict[str, Any]:
     Tensors and plain values are read; the scheduler and optimizer objects Dassl pickles (the
     classes in :data:`DASSL_ALLOWED`) become None; any other class refuses the file.
     """
-    from configs.safe_unpickle import allow_patterns, read_torch_zip, strip_stubs, stub_names
+    from utils.safe_unpickle import allow_patterns, read_torch_zip, strip_stubs, stub_names
 
     obj, _ = read_torch_zip(path, allow_patterns(DASSL_ALLOWED), what="checkpoint")
     dropped = stub_names(obj)

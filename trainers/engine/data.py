@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from configs.errors import ConfigError
+from utils.errors import ConfigError
 from datasets import build_data_loader, build_dataset, build_transform
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Any, List
 import torch
 import torch.distributed as dist
 
-from configs.errors import EmoLabError
+from utils.errors import EmoLabError
 
 
 _TIMEOUT = {"seconds": 600.0}

@@ -8,9 +8,9 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from configs.errors import ConfigError
-from configs.killpoints import killpoint
-from configs.progress import progress
+from utils.errors import ConfigError
+from utils.killpoints import killpoint
+from utils.progress import progress
 
 from . import dist, plots
 from .logger import quiet_evaluator, summary_line

@@ -25,8 +25,8 @@ from typing import Any, Callable, Dict, Iterator, List, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from configs.fileio import atomic_torch_save
-from configs.killpoints import killpoint
+from utils.fileio import atomic_torch_save
+from utils.killpoints import killpoint
 from datasets.base import Datum
 from datasets.loader import DatasetWrapper, stack_targets  # noqa: F401  (re-exported)
 
@@ -69,7 +69,7 @@ def compute_features(
     """Features [N, K, E] (float32, CPU) of ``views`` augmented views of every sample."""
     import contextlib
 
-    from configs.progress import progress
+    from utils.progress import progress
 
     ds = DatasetWrapper(data, transform, num_classes=num_classes, seed=seed)
     out: List[torch.Tensor] = []

@@ -48,7 +48,7 @@ def setup_logging(output_dir: str, is_main: bool) -> logging.Logger:
             root.removeHandler(h)
             h.close()
     root.setLevel(logging.INFO if is_main else logging.WARNING)
-    from configs.progress import TqdmLoggingHandler
+    from utils.progress import TqdmLoggingHandler
 
     quiet_third_party()
     stream = TqdmLoggingHandler()  # follows sys.stdout
@@ -155,7 +155,7 @@ class MetricsWriter:
         """Replace the file by exactly ``records`` (atomically; a resumed run's committed records)."""
         if not self.enabled:
             return
-        from configs.fileio import atomic_write
+        from utils.fileio import atomic_write
 
         def write(tmp: str) -> None:
             with open(tmp, "w", encoding="utf-8") as f:

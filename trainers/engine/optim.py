@@ -16,8 +16,8 @@ from typing import Callable, Iterable, List, Sequence, Union
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from configs.errors import ConfigError
-from configs.registry import closest
+from utils.errors import ConfigError
+from utils.registry import closest
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("cosine", "single_step", "multi_step", "constant")

@@ -13,9 +13,9 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from configs.errors import CheckpointError
-from configs.fileio import atomic_torch_save
-from configs.killpoints import killpoint
+from utils.errors import CheckpointError
+from utils.fileio import atomic_torch_save
+from utils.killpoints import killpoint
 
 from . import runstate
 from .checkpoint import checkpoint_path, ckpt_name, load_checkpoint

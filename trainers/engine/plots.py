@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from configs.fileio import read_records
+from utils.fileio import read_records
 
 logger = logging.getLogger(__name__)
 DPI = 130
@@ -261,7 +261,7 @@ def confusion(pred: torch.Tensor, true: torch.Tensor, n: int) -> np.ndarray:
 @safe_plot
 def save_cmat(pred: torch.Tensor, true: torch.Tensor, n: int, output_dir: str) -> str:
     """``OUTPUT_DIR/cmat.pt``: the row-normalised confusion matrix (rows = true class), as Dassl."""
-    from configs.fileio import atomic_torch_save
+    from utils.fileio import atomic_torch_save
 
     cm = confusion(pred, true, n).astype(np.float64)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)

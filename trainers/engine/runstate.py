@@ -26,8 +26,8 @@ import re
 import shutil
 from typing import Any, Dict, List, Optional, Sequence
 
-from configs.errors import CheckpointError, ConfigError, EmoLabError
-from configs.fileio import atomic_write
+from utils.errors import CheckpointError, ConfigError, EmoLabError
+from utils.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from configs.errors import ConfigError, EmoLabError
-from configs.killpoints import killpoint
+from utils.errors import ConfigError, EmoLabError
+from utils.killpoints import killpoint
 from trainers.evaluation import build_evaluator
 
 from . import dist, plots
@@ -35,7 +35,7 @@ from . import runstate
 from .checkpoint import ckpt_name
 from .hooks import CheckpointHook, EvalHook, HookBase, LRSchedulerHook, ProgressHook
 from .logger import MetricsWriter
-from configs.progress import progress, set_progress_enabled
+from utils.progress import progress, set_progress_enabled
 from .optim import build_lr_scheduler, build_optimizer
 from .utils import MeterDict, autocast, resolve_precision, set_seed, to_device
 

@@ -8,7 +8,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from configs.errors import ConfigError
+from utils.errors import ConfigError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "amp")
 

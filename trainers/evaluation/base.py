@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from configs.errors import EmoLabError
-from configs.registry import Registry
+from utils.errors import EmoLabError
+from utils.registry import Registry
 
 logger = logging.getLogger(__name__)
 

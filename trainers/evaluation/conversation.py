@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from configs.errors import EmoLabError
+from utils.errors import EmoLabError
 
 from .base import EVALUATOR_REGISTRY, EvaluatorBase, log_result, pct
 from .classification import confusion_counts

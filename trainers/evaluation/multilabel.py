@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from configs.errors import ConfigError, EmoLabError
+from utils.errors import ConfigError, EmoLabError
 
 from .base import EVALUATOR_REGISTRY, EvaluatorBase, log_result, pct
 

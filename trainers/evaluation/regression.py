@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from configs.errors import ConfigError, EmoLabError
+from utils.errors import ConfigError, EmoLabError
 from trainers.components.nrc_vad import dominant_mask, label_va, lexicon_class_va, va_to_class
 
 from .base import EVALUATOR_REGISTRY, EvaluatorBase, log_result, pct

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configs.errors import ConfigError
+from utils.errors import ConfigError
 from configs.registry import register_config
 from trainers.cnn.backbones import CNNBackbone
 from trainers.cnn.base import CNNTrainerBase, add_early_stop_keys

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from configs.fileio import atomic_torch_save
+from utils.fileio import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from configs.errors import CheckpointError
+from utils.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Tuple
 
 from yacs.config import CfgNode as CN
 
-from configs.errors import ConfigError
+from utils.errors import ConfigError
 from configs.registry import register_config
 
 #: ARCH -> (patch, width, depth, heads) of the encoders; decoders are 512-d, 8 blocks, 16 heads
@@ -42,7 +42,7 @@ def vit_size(node: CN, key: str) -> Tuple[int, int, int, int]:
             raise ConfigError(f"{key}.CUSTOM: sizes must be positive and EMBED_DIM divisible by NUM_HEADS, got {size}")
         return size
     if node.ARCH not in ARCHS:
-        from configs.registry import closest
+        from utils.registry import closest
 
         hint = closest(node.ARCH, list(ARCHS) + ["custom"])
         raise ConfigError(f"unknown {key}.ARCH {node.ARCH!r}" + (f" (did you mean {hint!r}?)" if hint else ""))

@@ -21,7 +21,7 @@ import torch
 import torchvision
 from torch.utils.data import Dataset
 
-from configs.errors import DatasetError
+from utils.errors import DatasetError
 from datasets.loader import view_seed
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)

@@ -19,7 +19,7 @@ from typing import Any, Dict
 import torch
 import torch.nn as nn
 
-from configs.errors import ConfigError
+from utils.errors import ConfigError
 from datasets import build_data_loader, build_dataset
 from trainers.engine import TrainerBase
 from trainers.evaluation import EVALUATOR_REGISTRY

@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configs.errors import ConfigError
-from configs.fileio import atomic_torch_save
+from utils.errors import ConfigError
+from utils.fileio import atomic_torch_save
 from datasets import build_dataset
 from datasets.formats.person_boxes import read_person_boxes
 from datasets.loader import EpochSampler, ShardSampler, seeded_data_loader

@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configs.errors import CheckpointError
-from configs.fileio import optional_path
+from utils.errors import CheckpointError
+from utils.fileio import optional_path
 from configs.registry import register_config
 from datasets import Datum
 from trainers.cnn.backbones import CNNBackbone

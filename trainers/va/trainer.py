@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from configs.errors import ConfigError
+from utils.errors import ConfigError
 from datasets import DATASET_REGISTRY, build_data_loader, check_images
 from trainers.cnn.base import CNNTrainerBase
 from trainers.engine.checkpoint import checkpoint_path, load_checkpoint

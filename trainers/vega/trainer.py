@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from yacs.config import CfgNode as CN
 
-from configs.errors import CheckpointError, ConfigError
+from utils.errors import CheckpointError, ConfigError
 from configs.registry import register_config
 from datasets import DATASET_REGISTRY
 from datasets.conversation.features import ConversationFeatures

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from .errors import CheckpointError
 
-#: The repository's root folder (parent of ``configs/``): relative paths in configs may be given from here.
+#: The repository's root folder (parent of ``utils/``): relative paths in configs may be given from here.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 try:

@@ -1,6 +1,6 @@
 """Progress for every long loop: a tqdm bar on a terminal, periodic plain log lines otherwise.
 
-    from configs.progress import progress
+    from utils.progress import progress
     for batch in progress(loader, desc="evaluate test", unit="batch"):
         ...
 
