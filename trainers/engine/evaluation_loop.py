@@ -78,7 +78,7 @@ class EvaluationMixin:
             self.writer.scalars(split, results, self.epoch + 1)
             self.last_outputs = merged
             if final:
-                plots.plot_evaluation(self, split, logits, merged, results)
+                plots.plot_evaluation(self, split, results)
         results = dist.broadcast_object(results)
         self.set_model_mode("train")
         return results

@@ -19,6 +19,12 @@ What is drawn depends on the task (all files are PNG, 130 dpi):
 Plots are drawn with matplotlib's non-interactive ``Agg`` backend, only on rank 0, after the
 final evaluation (training and ``--eval-only``). Drawing never breaks a run: a failing figure
 is one warning line.
+
+Who draws what: the training curves are drawn here from ``metrics.jsonl``; the figures of an
+evaluation are drawn by the evaluator itself (``EvaluatorBase.plots``, overridden per task in
+``trainers/evaluation/``) with the helpers of this module, so a new evaluator brings its own
+figures and nothing here names an evaluator. The config is read once, by
+:func:`figure_settings_from_cfg`; every drawing function takes plain values.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import functools
 import logging
 import math
 import os
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
@@ -78,15 +85,49 @@ def _save(fig: Any, path: str, writer: Any = None, tag: str = "", step: int = 0)
     return path
 
 
-def run_title(cfg: Any) -> str:
+@dataclass(frozen=True)
+class FigureSettings:
+    """What the figures need from the config, read once (:func:`figure_settings_from_cfg`)."""
+
+    title: str = ""  # run_title()
+    final_model: str = "last_step"  # TEST.FINAL_MODEL: which model the final test used
+    hparams: Dict[str, Any] = field(default_factory=dict)  # hparams_from_cfg(), for TensorBoard
+
+
+@dataclass(frozen=True)
+class FigureContext:
+    """Where and how an evaluator draws the figures of one final evaluation (plain values only)."""
+
+    output_dir: str  # the run folder (cmat.pt goes here)
+    directory: str  # OUTPUT_DIR/plots
+    split: str
+    title: str  # the run title and the split, the first line of each figure's title
+    writer: Any = None  # TensorBoard-style writer (``figure(tag, fig, step)``) or None
+
+
+def run_title(trainer: str, dataset: str, shots: int, subsample: str = "all", seed: int = -1) -> str:
     """``CoOp on SyntheticEmotion, 4 shots, seed 1``."""
-    shots = int(cfg.DATASET.NUM_SHOTS)
-    parts = [f"{cfg.TRAINER.NAME} on {cfg.DATASET.NAME}", f"{shots} shots" if shots > 0 else "all shots"]
-    if cfg.DATASET.SUBSAMPLE_CLASSES != "all":
-        parts.append(f"{cfg.DATASET.SUBSAMPLE_CLASSES} classes")
-    if cfg.SEED >= 0:
-        parts.append(f"seed {cfg.SEED}")
+    parts = [f"{trainer} on {dataset}", f"{shots} shots" if shots > 0 else "all shots"]
+    if subsample != "all":
+        parts.append(f"{subsample} classes")
+    if seed >= 0:
+        parts.append(f"seed {seed}")
     return ", ".join(parts)
+
+
+def hparams_from_cfg(cfg: Any) -> Dict[str, Any]:
+    return {
+        "trainer": cfg.TRAINER.NAME, "dataset": cfg.DATASET.NAME, "shots": int(cfg.DATASET.NUM_SHOTS),
+        "classes": cfg.DATASET.SUBSAMPLE_CLASSES, "backbone": cfg.MODEL.BACKBONE.NAME, "seed": int(cfg.SEED),
+        "optim": cfg.OPTIM.NAME, "lr": float(cfg.OPTIM.LR), "epochs": int(cfg.OPTIM.MAX_EPOCH),
+        "batch_size": int(cfg.DATALOADER.TRAIN_X.BATCH_SIZE),
+    }
+
+
+def figure_settings_from_cfg(cfg: Any) -> FigureSettings:
+    hp = hparams_from_cfg(cfg)
+    title = run_title(hp["trainer"], hp["dataset"], hp["shots"], hp["classes"], hp["seed"])
+    return FigureSettings(title=title, final_model=str(cfg.TEST.FINAL_MODEL), hparams=hp)
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -107,14 +148,20 @@ def _integer_epochs(ax: Any) -> None:
 
 @safe_plot
 def plot_training_curves(trainer: Any) -> Optional[str]:
-    """``plots/training_curves.png`` from ``metrics.jsonl`` (see the module docstring)."""
-    output_dir = trainer.output_dir
+    """``plots/training_curves.png`` of a trainer's run (its output folder, evaluator's main metric, config)."""
+    settings = figure_settings_from_cfg(trainer.cfg)
+    main = getattr(getattr(trainer, "evaluator", None), "main_metric", "")
+    return draw_training_curves(trainer.output_dir, main, settings, getattr(trainer, "writer", None))
+
+
+def draw_training_curves(output_dir: str, main: str, settings: FigureSettings, writer: Any = None) -> Optional[str]:
+    """``plots/training_curves.png`` from ``output_dir/metrics.jsonl`` (see the module docstring); ``main`` is
+    the main validation metric (its best epoch is marked). None when no epoch was trained."""
     records = read_records(output_dir)
     train = _by_epoch(records, "train")
     if not train:
         return None
     val = _by_epoch(records, "val")
-    main = getattr(getattr(trainer, "evaluator", None), "main_metric", "")
     val_keys: List[str] = []
     for r in val.values():
         val_keys += [k for k in r["metrics"] if k not in val_keys]
@@ -173,7 +220,7 @@ def plot_training_curves(trainer: Any) -> Optional[str]:
         ax.plot(ve, ys, marker="o", ms=3, color="tab:orange")
         if k == main and ys:
             b = int(np.argmax(ys))
-            tested = "best-validation model" if trainer.cfg.TEST.FINAL_MODEL == "best_val" else "last epoch"
+            tested = "best-validation model" if settings.final_model == "best_val" else "last epoch"
             ax.plot([ve[b]], [ys[b]], marker="*", ms=12, color="tab:red",
                     label=f"best {ys[b]:.2f} (epoch {ve[b]})\nfinal test used the {tested}")
             ax.legend(fontsize=7, loc="best")
@@ -182,74 +229,38 @@ def plot_training_curves(trainer: Any) -> Optional[str]:
         _integer_epochs(ax)
     for ax in axes[n_panels:]:
         ax.axis("off")
-    fig.suptitle(run_title(trainer.cfg), fontsize=10)
+    fig.suptitle(settings.title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, os.path.join(plot_dir(output_dir), "training_curves.png"), trainer.writer, "plots/training_curves")
+    return _save(fig, os.path.join(plot_dir(output_dir), "training_curves.png"), writer, "plots/training_curves")
 
 
 # ---------------------------------------------------------------------------------------- evaluation
-def plot_evaluation(trainer: Any, split: str, outputs: torch.Tensor, targets: Dict[str, torch.Tensor],
-                    results: Dict[str, float]) -> List[str]:
-    """The figures that fit the trainer's evaluator, for the final evaluation on ``split`` (paths written)."""
-    return plot_evaluation_figures(trainer, split, outputs, targets, results) or []
+def plot_evaluation(trainer: Any, split: str, results: Dict[str, float]) -> List[str]:
+    """The figures of the final evaluation on ``split`` (paths written).
+
+    The trainer's evaluator draws them from the samples it has just evaluated (its ``plots`` method,
+    see :class:`~trainers.evaluation.base.EvaluatorBase`); this module only holds the drawing helpers.
+    """
+    return plot_evaluation_figures(trainer, split, results) or []
 
 
 @safe_plot
-def plot_evaluation_figures(trainer: Any, split: str, outputs: torch.Tensor, targets: Dict[str, torch.Tensor],
-                            results: Dict[str, float]) -> List[str]:
+def plot_evaluation_figures(trainer: Any, split: str, results: Dict[str, float]) -> List[str]:
     ev = getattr(trainer, "evaluator", None)
-    kind = type(ev).__name__
-    out: List[Optional[str]] = []
-    title = f"{run_title(trainer.cfg)}, {split} split"
-    names = list(getattr(trainer, "classnames", []) or getattr(ev, "classnames", []))
-    d = plot_dir(trainer.output_dir)
-    w = trainer.writer
-    if kind == "Classification":
-        y = targets.get("label")
-        if y is None:
-            for key in ("dist", "labels"):
-                if key in targets:
-                    y = targets[key].float().argmax(1)
-                    break
-        if y is not None:
-            out.append(plot_confusion(outputs.argmax(1), y, names, d, split, title, w))
-            if trainer.cfg.TEST.COMPUTE_CMAT:
-                out.append(save_cmat(outputs.argmax(1), y, len(names), trainer.output_dir))
-    elif kind == "MultiLabel" and "labels" in targets:
-        out.append(plot_pr_curves(outputs.sigmoid(), targets["labels"], names, d, split, title, w))
-    elif kind == "ValenceArousal":
-        va = targets.get("va")
-        rows = getattr(ev, "_rows", {}).get("va")
-        if rows:
-            va = torch.cat(rows)
-        if va is not None:
-            out.append(plot_va_scatter(outputs[:, :2], va, d, split, title, w))
-    elif kind == "LabelDistribution":
-        from trainers.evaluation.ldl import targets_as_distribution
-
-        out.append(plot_distributions(outputs.softmax(1), targets_as_distribution(targets, len(names)), names,
-                                      d, split, title, w))
-    if any(k.startswith("f1_") for k in results):
-        out.append(plot_per_class_f1(results, d, split, title, w))
+    settings = figure_settings_from_cfg(trainer.cfg)
+    writer = getattr(trainer, "writer", None)
+    ctx = FigureContext(output_dir=trainer.output_dir, directory=plot_dir(trainer.output_dir), split=split,
+                        title=f"{settings.title}, {split} split", writer=writer)
+    draw = getattr(ev, "plots", None)
+    written = [p for p in (draw(ctx, results) if draw is not None else []) if p]
     try:
-        hp = hparams_of(trainer.cfg)
         main = getattr(ev, "main_metric", "")
-        w.hparams(hp, {k: v for k, v in results.items() if k == main or k in ("accuracy", "macro_f1")})
+        writer.hparams(settings.hparams, {k: v for k, v in results.items() if k == main or k in ("accuracy", "macro_f1")})
     except Exception as e:  # noqa: BLE001
         logger.debug("hparams not written: %s", e)
-    written = [p for p in out if p]
     if written:
         logger.info(f"plots: {', '.join(os.path.relpath(p, trainer.output_dir) for p in written)}")
     return written
-
-
-def hparams_of(cfg: Any) -> Dict[str, Any]:
-    return {
-        "trainer": cfg.TRAINER.NAME, "dataset": cfg.DATASET.NAME, "shots": int(cfg.DATASET.NUM_SHOTS),
-        "classes": cfg.DATASET.SUBSAMPLE_CLASSES, "backbone": cfg.MODEL.BACKBONE.NAME, "seed": int(cfg.SEED),
-        "optim": cfg.OPTIM.NAME, "lr": float(cfg.OPTIM.LR), "epochs": int(cfg.OPTIM.MAX_EPOCH),
-        "batch_size": int(cfg.DATALOADER.TRAIN_X.BATCH_SIZE),
-    }
 
 
 def confusion(pred: torch.Tensor, true: torch.Tensor, n: int) -> np.ndarray:

@@ -96,6 +96,21 @@ class EvaluatorBase:
         """Compute the metrics, log them (``* name: X%`` lines) and return them."""
         raise NotImplementedError
 
+    def plots(self, ctx: Any, results: Dict[str, float]) -> List[Optional[str]]:
+        """Draw the figures of the samples processed since the last :meth:`reset` (after :meth:`evaluate`).
+
+        ``ctx`` is a :class:`trainers.engine.plots.FigureContext` (output folder, split, title, writer);
+        ``results`` what :meth:`evaluate` returned. Returns the paths written (None for a figure that failed:
+        each drawing helper turns its own failure into one warning line). The base class draws the
+        per-class F1 bars when ``results`` has ``f1_<class>`` entries; subclasses add their task's
+        figure first and call this.
+        """
+        from trainers.engine import plots as P
+
+        if any(k.startswith("f1_") for k in results):
+            return [P.plot_per_class_f1(results, ctx.directory, ctx.split, ctx.title, ctx.writer)]
+        return []
+
     def state(self) -> Dict[str, Any]:
         """Non-scalar results of the last :meth:`evaluate` (JSON-serialisable), for the caller to save."""
         return dict(self._state)

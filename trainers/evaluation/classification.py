@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -74,6 +74,18 @@ class Classification(EvaluatorBase):
             if key in batch:
                 return torch.as_tensor(batch[key]).float().argmax(dim=1)
         raise EmoLabError("the Classification evaluator needs a 'label' entry in the batch")
+
+    def plots(self, ctx: Any, results: Dict[str, float]) -> List[Optional[str]]:
+        """``confusion_matrix_<split>.png`` (+ ``.csv``), ``cmat.pt`` with ``compute_cmat``, then the base figures."""
+        from trainers.engine import plots as P
+
+        out: List[Optional[str]] = []
+        if self._logits:
+            pred, true = torch.cat(self._logits).argmax(1), torch.cat(self._targets)
+            out.append(P.plot_confusion(pred, true, self.classnames, ctx.directory, ctx.split, ctx.title, ctx.writer))
+            if self.compute_cmat:
+                out.append(P.save_cmat(pred, true, self.num_classes, ctx.output_dir))
+        return out + super().plots(ctx, results)
 
     def evaluate(self) -> "OrderedDict[str, float]":
         logits, y_true = self._collected()

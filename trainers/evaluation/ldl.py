@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -142,6 +142,16 @@ class LabelDistribution(EvaluatorBase):
 
     def metric_names(self) -> List[str]:
         return list(ldl_metrics(np.zeros((0, 2)), np.zeros((0, 2))))
+
+    def plots(self, ctx: Any, results: Dict[str, float]) -> List[Optional[str]]:
+        """``distributions_<split>.png`` (mean and a few samples' predicted vs true distributions), then the base figures."""
+        from trainers.engine import plots as P
+
+        out: List[Optional[str]] = []
+        if self._logits:
+            pred, true = torch.cat(self._logits).softmax(1), torch.cat(self._targets)
+            out.append(P.plot_distributions(pred, true, self.classnames, ctx.directory, ctx.split, ctx.title, ctx.writer))
+        return out + super().plots(ctx, results)
 
     def evaluate(self) -> "OrderedDict[str, float]":
         logits, d = self._collected()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -121,6 +121,16 @@ class MultiLabel(EvaluatorBase):
             label = torch.as_tensor(batch["label"]).long().view(-1)
             return torch.nn.functional.one_hot(label, self.num_classes).bool()
         raise EmoLabError("the MultiLabel evaluator needs a 'labels' (multi-hot) entry in the batch")
+
+    def plots(self, ctx: Any, results: Dict[str, float]) -> List[Optional[str]]:
+        """``pr_curves_<split>.png`` (a precision-recall curve per class), then the base figures."""
+        from trainers.engine import plots as P
+
+        out: List[Optional[str]] = []
+        if self._logits:
+            scores, positives = torch.cat(self._logits).sigmoid(), torch.cat(self._targets).float()
+            out.append(P.plot_pr_curves(scores, positives, self.classnames, ctx.directory, ctx.split, ctx.title, ctx.writer))
+        return out + super().plots(ctx, results)
 
     def evaluate(self) -> "OrderedDict[str, float]":
         logits, targets = self._collected()

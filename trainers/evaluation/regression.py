@@ -184,6 +184,16 @@ class ValenceArousal(EvaluatorBase):
             names.append("va_class_accuracy")
         return names + ["class_accuracy", "class_weighted_jaccard"]
 
+    def plots(self, ctx: Any, results: Dict[str, float]) -> List[Optional[str]]:
+        """``va_scatter_<split>.png`` (predicted vs true valence and arousal), then the base figures."""
+        from trainers.engine import plots as P
+
+        out: List[Optional[str]] = []
+        if self._rows["out"]:
+            pred, true = torch.cat(self._rows["out"])[:, :2], torch.cat(self._rows["va"])
+            out.append(P.plot_va_scatter(pred, true, ctx.directory, ctx.split, ctx.title, ctx.writer))
+        return out + super().plots(ctx, results)
+
     def evaluate(self) -> "OrderedDict[str, float]":
         out = torch.cat(self._rows["out"]) if self._rows["out"] else torch.zeros(0, 2)
         va = torch.cat(self._rows["va"]) if self._rows["va"] else torch.zeros(0, 2)
