@@ -23,20 +23,18 @@ from __future__ import annotations
 import csv
 import json
 import os
+import functools
+import inspect
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
 from datasets.synthetic.images import CLASS_VA, CLASSNAMES as MIKELS, difficulty_level, render
+from utils.registry import Registry
 
 NATIVE_VERSION = 1
-FORMATS = ("emotion6", "folders", "sentiment_folders", "class_folders", "ldl", "ldl_images", "emoset", "emotion_csv")
-DEFAULT_DIRS = {
-    "emotion6": "Emotion6", "folders": "FI", "sentiment_folders": "Flickr", "class_folders": "UBE",
-    "ldl": "FlickrLDL", "ldl_images": "TwitterLDL", "emoset": "EmoSet-118K", "emotion_csv": "Dongba",
-}
 EMOTION6 = ("anger", "disgust", "fear", "joy", "sadness", "surprise")
 EMOTION6_CUES = {"anger": "anger", "disgust": "disgust", "fear": "fear", "joy": "amusement", "sadness": "sadness", "surprise": "awe"}
 EMOTION6_HEADER = ["[image_filename]", "[valence]", "[arousal]"] + [f"[prob. {c}]" for c in EMOTION6 + ("neutral",)]
@@ -80,8 +78,37 @@ class Record:
     attrs: Dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class NativeFormat:
+    """A registered on-disk layout: its writer, default folder under a dataset root, and seed key."""
+
+    name: str
+    write: Callable[[str, NativeSettings], List[Record]]
+    default_dir: str
+    seed_key: int  # part of every random draw's seed: fixed per format, so the files never change
+
+
+#: format name -> :class:`NativeFormat`; each writer registers its formats with :func:`native_format`
+NATIVE_FORMATS = Registry("synthetic data format")
+
+
+def native_format(name: str, default_dir: str, seed_key: int, **options: Any) -> Callable:
+    """Register the decorated writer ``fn(out_dir, settings, **options)`` as format ``name`` (a writer with a
+    ``fmt`` parameter gets ``fmt=name``)."""
+
+    def deco(fn: Callable) -> Callable:
+        if any(f.seed_key == seed_key for _, f in NATIVE_FORMATS.items()):
+            raise KeyError(f"synthetic format {name!r}: seed key {seed_key} is already used")
+        if "fmt" in inspect.signature(fn).parameters:  # a writer of several formats is told which one
+            options["fmt"] = name
+        NATIVE_FORMATS.register(NativeFormat(name, functools.partial(fn, **options), default_dir, seed_key), name=name)
+        return fn
+
+    return deco
+
+
 def _rng(settings: NativeSettings, fmt: str, *key: int) -> np.random.Generator:
-    return np.random.default_rng([NATIVE_VERSION, settings.seed, FORMATS.index(fmt), *key])
+    return np.random.default_rng([NATIVE_VERSION, settings.seed, NATIVE_FORMATS.get(fmt).seed_key, *key])
 
 
 def _image(out_dir: str, rel: str, cue: str, settings: NativeSettings, rng: np.random.Generator, blend: str = "") -> None:
@@ -120,6 +147,7 @@ def _write_csv(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
         w.writerows(rows)
 
 
+@native_format("emotion6", "Emotion6", seed_key=0)
 def write_emotion6(out_dir: str, s: NativeSettings) -> List[Record]:
     """Emotion6: 15 votes per image over 7 categories; image 1 of anger and joy is all-neutral, image 2 of disgust tied."""
     lines, records = ["\t".join(EMOTION6_HEADER)], []
@@ -146,9 +174,12 @@ def write_emotion6(out_dir: str, s: NativeSettings) -> List[Record]:
     return records
 
 
-def write_folders(out_dir: str, s: NativeSettings, classes: str = "mikels", split: bool = True) -> List[Record]:
+@native_format("folders", "FI", seed_key=1)
+@native_format("sentiment_folders", "Flickr", seed_key=2, classes="sentiment")
+@native_format("class_folders", "UBE", seed_key=3, split=False)
+def write_folders(out_dir: str, s: NativeSettings, classes: str = "mikels", split: bool = True,
+                  fmt: str = "folders") -> List[Record]:
     """Class-folder layouts: Mikels (FI) or sentiment (Flickr/Instagram) classes, split or unsplit."""
-    fmt = "class_folders" if not split else ("folders" if classes == "mikels" else "sentiment_folders")
     names = list(MIKELS) if classes == "mikels" else ["negative", "positive"]
     splits = _split_counts(s) if split else {"": s.total}
     records = []
@@ -163,9 +194,11 @@ def write_folders(out_dir: str, s: NativeSettings, classes: str = "mikels", spli
     return records
 
 
-def write_ldl(out_dir: str, s: NativeSettings, split: bool = True) -> List[Record]:
+@native_format("ldl", "FlickrLDL", seed_key=4)
+@native_format("ldl_images", "TwitterLDL", seed_key=5, split=False)
+def write_ldl(out_dir: str, s: NativeSettings, split: bool = True, fmt: str = "ldl") -> List[Record]:
     """FlickrLDL-style votes of 11 annotators (TwitterLDL-style unsplit with 8); every 5th image tied."""
-    fmt, n_votes = ("ldl", 11) if split else ("ldl_images", 8)
+    n_votes = 11 if split else 8
     splits = {"train": s.n_train_per_class + s.n_val_per_class, "test": s.n_test_per_class} if split else {"": s.total}
     rows, records = [], []
     for si, (sp, n) in enumerate(splits.items()):
@@ -191,13 +224,14 @@ def _person_box(s: NativeSettings, si: int, c: int, k: int) -> Optional[List[flo
     """A person box ``[x1, y1, x2, y2, score]`` for images with a facial expression (every 3rd has none)."""
     if k % 3 == 2:
         return None
-    rng = np.random.default_rng([NATIVE_VERSION, s.seed, FORMATS.index("emoset"), 99, si, c, k])
+    rng = np.random.default_rng([NATIVE_VERSION, s.seed, NATIVE_FORMATS.get("emoset").seed_key, 99, si, c, k])
     size = s.image_size
     w, h = (float(v) for v in rng.uniform(0.35, 0.7, size=2) * size)
     x1, y1 = (float(v) for v in rng.uniform(0, 1, size=2) * (size - np.array([w, h])))
     return [round(x1, 2), round(y1, 2), round(x1 + w, 2), round(y1 + h, 2), round(float(rng.uniform(0.8, 1.0)), 3)]
 
 
+@native_format("emoset", "EmoSet-118K", seed_key=6)
 def write_emoset(out_dir: str, s: NativeSettings) -> List[Record]:
     """EmoSet-118K layout with attribute annotations (facial_expression/human_action absent for every 3rd image),
     and ``person_boxes.json`` as ``tools/detect_persons.py`` writes it (a box where a face is annotated)."""
@@ -240,6 +274,7 @@ def write_emoset(out_dir: str, s: NativeSettings) -> List[Record]:
     return records
 
 
+@native_format("emotion_csv", "Dongba", seed_key=7)
 def write_emotion_csv(out_dir: str, s: NativeSettings) -> List[Record]:
     """EmoCoOp layout: train_data/, test_data/, data_csv/{train,test}_data_coco.csv (filename,label).
 
@@ -263,17 +298,14 @@ def write_emotion_csv(out_dir: str, s: NativeSettings) -> List[Record]:
     return records
 
 
+#: the registered formats (in seed-key order) and their default folders under a dataset root
+FORMATS = tuple(n for n, _ in sorted(NATIVE_FORMATS.items(), key=lambda kv: kv[1].seed_key))
+DEFAULT_DIRS = {n: NATIVE_FORMATS.get(n).default_dir for n in FORMATS}
+
+
 def write_native(out_dir: str, fmt: str, settings: NativeSettings = NativeSettings()) -> List[Record]:
     """Write synthetic data in format ``fmt`` (see module docstring) into ``out_dir``."""
-    if fmt not in FORMATS:
+    if fmt not in NATIVE_FORMATS:
         raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
     difficulty_level(settings.difficulty)
-    if fmt == "emotion6":
-        return write_emotion6(out_dir, settings)
-    if fmt in ("folders", "sentiment_folders", "class_folders"):
-        return write_folders(out_dir, settings, "sentiment" if fmt == "sentiment_folders" else "mikels", split=fmt != "class_folders")
-    if fmt in ("ldl", "ldl_images"):
-        return write_ldl(out_dir, settings, split=fmt == "ldl")
-    if fmt == "emoset":
-        return write_emoset(out_dir, settings)
-    return write_emotion_csv(out_dir, settings)
+    return NATIVE_FORMATS.get(fmt).write(out_dir, settings)
