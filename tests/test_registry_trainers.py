@@ -153,3 +153,18 @@ def test_trainer_trains_evaluates_and_round_trips(name, root, tmp_path):
             again.close()
         diff = {k: (final[k], res.get(k)) for k in final if k in res and not _close(final[k], res[k])}
         assert res.keys() == final.keys() and not diff, f"{name}: results after loading the checkpoint differ: {diff}"
+
+
+def test_synthetic_formats_registry():
+    """Each on-disk layout is registered beside its writer with a fixed seed key (the files never change)."""
+    from datasets.synthetic import native
+
+    assert native.FORMATS == ("emotion6", "folders", "sentiment_folders", "class_folders", "ldl", "ldl_images",
+                              "emoset", "emotion_csv")
+    assert [native.NATIVE_FORMATS.get(f).seed_key for f in native.FORMATS] == list(range(8))
+    assert native.DEFAULT_DIRS["folders"] == "FI" and native.DEFAULT_DIRS["ldl_images"] == "TwitterLDL"
+    with pytest.raises(ValueError, match="unknown format 'emotion7' \\(known: emotion6, folders"):
+        native.write_native("/nonexistent", "emotion7")
+    with pytest.raises(KeyError, match="seed key 3 is already used"):
+        native.native_format("new_layout", "New", seed_key=3)(native.write_folders)
+    assert "new_layout" not in native.NATIVE_FORMATS

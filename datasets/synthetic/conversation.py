@@ -190,7 +190,7 @@ class SyntheticConversation(ConversationFeatures):
     DEFAULT_FILE = os.path.join(DATASET_DIR, FILE_NAME)
 
     @staticmethod
-    def settings_from_config(cfg: Any, classnames: Sequence[str]) -> ConversationSettings:
+    def settings_from_cfg(cfg: Any, classnames: Sequence[str]) -> ConversationSettings:
         c = cfg.DATASET.CONVERSATION.SYNTHETIC
         for key in ("N_TRAIN_DIALOGUES", "N_TEST_DIALOGUES", "MIN_LEN", "TEXT_DIM", "AUDIO_DIM", "VISUAL_DIM"):
             if int(c[key]) < 1:
@@ -213,7 +213,12 @@ class SyntheticConversation(ConversationFeatures):
 
     @classmethod
     def features_path(cls, cfg: Any) -> str:
+        return cls.features_path_from_cfg(cfg)
+
+    @classmethod
+    def features_path_from_cfg(cls, cfg: Any) -> str:
+        """The generated features file for the config's settings (generated on first use)."""
         if cfg.DATASET.CONVERSATION.FILE:
             raise ConfigError("SyntheticConversation generates its own file: leave DATASET.CONVERSATION.FILE empty")
         names = list(cfg.DATASET.CONVERSATION.CLASSNAMES) or list(cls.DEFAULT_CLASSES)
-        return ensure_conversation(cfg.DATASET.ROOT, cls.settings_from_config(cfg, names))
+        return ensure_conversation(cfg.DATASET.ROOT, cls.settings_from_cfg(cfg, names))

@@ -99,7 +99,7 @@ class SyntheticEmotion(DatasetBase):
     """Generated images of Mikels' 8 emotions with label, labels, dist and va targets."""
 
     @staticmethod
-    def settings_from_config(cfg: Any) -> SyntheticSettings:
+    def settings_from_cfg(cfg: Any) -> SyntheticSettings:
         c = cfg.DATASET.SYNTHETIC
         try:
             difficulty_level(c.DIFFICULTY)
@@ -118,5 +118,5 @@ class SyntheticEmotion(DatasetBase):
 
     @classmethod
     def from_config(cls, cfg: Any) -> "SyntheticEmotion":
-        dataset_dir = ensure_synthetic(cfg.DATASET.ROOT, cls.settings_from_config(cfg))
+        dataset_dir = ensure_synthetic(cfg.DATASET.ROOT, cls.settings_from_cfg(cfg))
         return load_synthetic(dataset_dir, name=cfg.DATASET.NAME or "SyntheticEmotion")
