@@ -118,7 +118,8 @@ def _close(a: float, b: float) -> bool:
 
 
 @pytest.mark.parametrize("name", TRAINERS)
-def test_trainer_trains_evaluates_and_round_trips(name, root, tmp_path):
+def test_trainer_trains_evaluates_and_round_trips(name, root, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # tiny configs name shipped files (lexicon, GloVe subset) relative to the repository
     assert os.path.isfile(tiny_config(name)), f"{name}: no configs/trainers/{name}/tiny_synthetic.yaml"
     out, cache = str(tmp_path / "run"), str(tmp_path / "cache")
     trainer = build_trainer(make_cfg(name, root, out, cache))
