@@ -139,8 +139,8 @@ def test_trainer_trains_evaluates_and_round_trips(name, root, tmp_path, monkeypa
     assert all(isinstance(v, float) and (math.isfinite(v) or v != v) for v in final.values()), (name, final)
     finals = [r for r in records if r.get("final")]
     assert finals and finals[-1]["metrics"].keys() == final.keys()
-    main = getattr(trainer.evaluator, "main_metric", "")
-    assert not train or not main or main in final or name == "UniEmoXPretrain", (name, main, sorted(final))
+    losses_only = all(k.startswith("loss") for k in final)  # a pre-training stage tests its held-out losses
+    assert losses_only or trainer.evaluator.main_metric in final, (name, trainer.evaluator.main_metric, sorted(final))
     # the checkpoint written after the epoch loads into a freshly built trainer and gives the same results
     saved = sorted(glob.glob(os.path.join(out, "**", "model.pth.tar-1"), recursive=True))
     if train:
