@@ -136,7 +136,7 @@ def site_kmeans_cache(tmp, bad, marker):
 
 
 def site_feature_cache(tmp, bad, marker):
-    from trainers.engine.feature_cache import load_or_build
+    from trainers.clip_prompting.feature_cache import load_or_build
 
     _torch_file(bad, marker, lambda o: {"key": "{}", "features": o})
     out = load_or_build(bad, {}, lambda: torch.zeros(2, 1, 3))  # refused, then rebuilt: no error to show

@@ -12,7 +12,7 @@ from utils.errors import ConfigError
 from utils.fileio import REPO_ROOT
 from configs.registry import register_config
 from trainers.engine import TrainerBase
-from trainers.engine import feature_cache as fc
+from trainers.clip_prompting import feature_cache as fc
 from trainers.engine.utils import autocast
 
 logger = logging.getLogger(__name__)
