@@ -1,6 +1,6 @@
 """EmoCoOp: dynamic vision-language prompt coupling for multi-label emotion recognition.
 
-Parts (each switched by a ``TRAINER.EMOCOOP`` key, see ``emocoop_config.py`` and README.md, "EmoCoOp in EmoLab"):
+Parts (each switched by a ``TRAINER.EMOCOOP`` key, see ``trainers/emocoop/config.py`` and README.md, "EmoCoOp in EmoLab"):
 text prompts with a meta-net (``CONTEXT``), GloVe context init (``USE_GLOVE_INIT``), dynamic
 visual prompts with k-means init (``USE_VISUAL_PROMPTS``, ``USE_DYNAMIC_VISUAL``,
 ``USE_VISUAL_CLUSTERING``), V-T coupling (``USE_COUPLING``), auxiliary head and loss
