@@ -74,15 +74,15 @@ def openai_config(arch: str) -> Optional[Dict[str, Any]]:
     return dict(oc_pretrained.get_pretrained_cfg(arch, "openai"))
 
 
-def openai_filename(arch: str, cfg: Dict[str, Any]) -> str:
+def openai_filename(arch: str, oc_cfg: Dict[str, Any]) -> str:
     """OpenAI's file name for ``arch`` (``ViT-B-16.pt``, ``ViT-L-14-336px.pt``)."""
-    url = cfg.get("url", "")
+    url = oc_cfg.get("url", "")
     return os.path.basename(url) if url else f"{arch}.pt"
 
 
-def openai_candidates(arch: str, cfg: Dict[str, Any]) -> List[str]:
+def openai_candidates(arch: str, oc_cfg: Dict[str, Any]) -> List[str]:
     """Local files that may hold OpenAI's ``arch`` weights, in search order (existing or not)."""
-    fname = openai_filename(arch, cfg)
+    fname = openai_filename(arch, oc_cfg)
     out: List[str] = []
     if os.environ.get("EMOLAB_CLIP_DIR"):
         d = os.path.expanduser(os.environ["EMOLAB_CLIP_DIR"])
@@ -93,8 +93,8 @@ def openai_candidates(arch: str, cfg: Dict[str, Any]) -> List[str]:
     return out
 
 
-def _hf_cached(cfg: Dict[str, Any]) -> Optional[str]:
-    hub = cfg.get("hf_hub", "")
+def _hf_cached(oc_cfg: Dict[str, Any]) -> Optional[str]:
+    hub = oc_cfg.get("hf_hub", "")
     if not hub:
         return None
     try:
@@ -115,19 +115,19 @@ def _hf_cached(cfg: Dict[str, Any]) -> Optional[str]:
 
 def find_openai_weights(arch: str) -> Optional[str]:
     """A local file with OpenAI's weights for ``arch`` (see the module docstring), or None."""
-    cfg = openai_config(arch)
-    if cfg is None:
+    oc_cfg = openai_config(arch)
+    if oc_cfg is None:
         return None
-    for path in openai_candidates(arch, cfg):
+    for path in openai_candidates(arch, oc_cfg):
         if os.path.isfile(path):
             return path
-    return _hf_cached(cfg)
+    return _hf_cached(oc_cfg)
 
 
 def where_to_put(arch: str) -> str:
-    cfg = openai_config(arch) or {}
-    fname = openai_filename(arch, cfg)
-    url = cfg.get("url", "")
+    oc_cfg = openai_config(arch) or {}
+    fname = openai_filename(arch, oc_cfg)
+    url = oc_cfg.get("url", "")
     return (f"put OpenAI's {fname}" + (f" ({url})" if url else "")
             + " in ~/.cache/clip/ or in the folder named by $EMOLAB_CLIP_DIR, or set MODEL.BACKBONE.PRETRAINED "
             "to a weight file ('random' for random weights)")
@@ -150,8 +150,8 @@ def resolve_pretrained(name: str, pretrained: str) -> Resolved:
     shipped = SHIPPED_DIR / f"{arch}.safetensors"
     if shipped.is_file():
         return Resolved(str(shipped), f"the project's shipped weights {shipped}")
-    cfg = openai_config(arch)
-    if cfg is None:
+    oc_cfg = openai_config(arch)
+    if oc_cfg is None:
         raise ConfigError(
             f"CLIP {name} has no default weights: set MODEL.BACKBONE.PRETRAINED to a weight file, an open_clip tag "
             f"or 'random' for random weights"
@@ -159,7 +159,7 @@ def resolve_pretrained(name: str, pretrained: str) -> Resolved:
     path = find_openai_weights(arch)
     if path:
         logger.info(f"CLIP {name}: OpenAI's weights found at {path}")
-        return Resolved(path, f"OpenAI's weights ({path})", quick_gelu=bool(cfg.get("quick_gelu", True)))
+        return Resolved(path, f"OpenAI's weights ({path})", quick_gelu=bool(oc_cfg.get("quick_gelu", True)))
     hint = where_to_put(arch)
     off = downloads_off("huggingface.co")
     if off:
@@ -171,7 +171,7 @@ def resolve_pretrained(name: str, pretrained: str) -> Resolved:
     level = hub_logger.level
     hub_logger.setLevel(logging.ERROR)  # the error below says it all, in one line
     try:
-        path = _download(arch, "openai", cfg)
+        path = _download(arch, "openai", oc_cfg)
     except CheckpointError as exc:
         reason = str(exc).split(": ", 1)[-1]
         reason = reason if len(reason) <= 90 else reason[:87] + "..."
@@ -179,4 +179,4 @@ def resolve_pretrained(name: str, pretrained: str) -> Resolved:
                               f"({reason}): {hint}") from None
     finally:
         hub_logger.setLevel(level)
-    return Resolved(path, f"OpenAI's weights (downloaded to {path})", quick_gelu=bool(cfg.get("quick_gelu", True)))
+    return Resolved(path, f"OpenAI's weights (downloaded to {path})", quick_gelu=bool(oc_cfg.get("quick_gelu", True)))

@@ -10,7 +10,7 @@ from datasets import build_transform
 from datasets.loader import DatasetWrapper
 from trainers.components.context import StaticContext
 from trainers.components.prompt_learner import PromptedCLIP, PromptLearner
-from trainers.engine import feature_cache as fc
+from trainers.clip_prompting import feature_cache as fc
 
 
 def _data(data_root):

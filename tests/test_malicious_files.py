@@ -103,7 +103,7 @@ def site_anchor_file(tmp, bad, marker):
 
 def site_va_stage1(tmp, bad, marker):
     from trainers.cnn.backbones import build_cnn_backbone
-    from trainers.va.common import VANet, load_stage1
+    from trainers.va_regression.common import VANet, load_stage1
 
     _torch_file(bad, marker, lambda o: {"state_dict": o, "epoch": 1})
     load_stage1(VANet(build_cnn_backbone("resnet18", image_size=32), 0), bad)
@@ -136,7 +136,7 @@ def site_kmeans_cache(tmp, bad, marker):
 
 
 def site_feature_cache(tmp, bad, marker):
-    from trainers.engine.feature_cache import load_or_build
+    from trainers.clip_prompting.feature_cache import load_or_build
 
     _torch_file(bad, marker, lambda o: {"key": "{}", "features": o})
     out = load_or_build(bad, {}, lambda: torch.zeros(2, 1, 3))  # refused, then rebuilt: no error to show

@@ -54,7 +54,7 @@ def test_batched_cocoop_equals_per_image_loop(tiny_clip):
     assert torch.allclose(batched, torch.stack(loop), atol=1e-5)
 
 
-@pytest.mark.parametrize("gen", ["StaticContext", "ConditionalContext"])
+@pytest.mark.parametrize("gen", CONTEXT_GENERATORS.names())  # every registered generator, a new one included
 def test_gradients_reach_only_the_prompt_learner(tiny_clip, gen):
     model = PromptedCLIP(tiny_clip, _learner(tiny_clip, gen=gen))
     model.train()

@@ -10,7 +10,7 @@ from conftest import ROOT, SMALL_DATA, SYN_CFG, final_test, read_metrics, run_cl
 from trainers.cnn.backbones import build_cnn_backbone
 from trainers.cnn.base import EarlyStoppingHook
 from trainers.components.nrc_vad import category_va, label_va, load_nrc_vad, va_to_class
-from trainers.va.common import VANet, classification_loss, load_stage1, va_mse
+from trainers.va_regression.common import VANet, classification_loss, load_stage1, va_mse
 
 VA_CFG = os.path.join(ROOT, "configs/trainers/VARegression/tiny_synthetic.yaml")
 # NRC-VAD v1 values (0..1) of the synthetic classes; "awe" is stored as "wonder" to test LEXICON_WORDS

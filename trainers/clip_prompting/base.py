@@ -10,9 +10,8 @@ import torch.nn.functional as F
 
 from utils.errors import ConfigError
 from utils.fileio import REPO_ROOT
-from configs.registry import register_config
 from trainers.engine import TrainerBase
-from trainers.engine import feature_cache as fc
+from trainers.clip_prompting import feature_cache as fc
 from trainers.engine.utils import autocast
 
 logger = logging.getLogger(__name__)
@@ -64,16 +63,6 @@ def build_clip_backbone(cfg, device: torch.device):
     return load_configured_clip(name, cfg.MODEL.BACKBONE.PRETRAINED, device)
 
 
-@register_config
-def add_cache_config(cfg) -> None:
-    from yacs.config import CfgNode as CN
-
-    cfg.CACHE = CN()
-    cfg.CACHE.FEATURES = "auto"  # frozen-feature cache: auto (where exact) | on | off
-    cfg.CACHE.VIEWS = 1  # augmented views per training image (exact when >= MAX_EPOCH or no random transform)
-    cfg.CACHE.DIR = "cache/features"  # where cache files are kept (keyed, stale files rebuilt)
-
-
 class ClipTrainerBase(TrainerBase):
     """A trainer whose backbone is a frozen CLIP; fills ``INPUT.SIZE`` from the architecture.
 
@@ -111,53 +100,51 @@ class ClipTrainerBase(TrainerBase):
 
     def after_build(self) -> None:
         """Replace image loaders by cached-feature loaders where ``CACHE.FEATURES`` allows."""
-        mode = self.cfg.CACHE.FEATURES.lower()
-        if mode not in ("auto", "on", "off"):
-            raise ConfigError(f"CACHE.FEATURES must be auto, on or off, got {self.cfg.CACHE.FEATURES!r}")
+        settings = fc.cache_settings_from_cfg(self.cfg)
         if not self.supports_feature_cache:
-            if mode == "on":
+            if settings.mode == "on":
                 raise ConfigError(
                     f"CACHE.FEATURES on: trainer {type(self).__name__} does not support the feature cache "
                     "(set supports_feature_cache = True and give its model image_features() and "
                     "forward(x, features=True)), or use CACHE.FEATURES auto/off")
             return
-        if mode == "off":
+        if settings.mode == "off":
             return
-        views = max(1, self.cfg.CACHE.VIEWS)
+        views = settings.views
         random_train = fc.transform_is_random(self.tfm_train)
         exact_train = not random_train or views >= self.max_epoch
-        cache_train = mode == "on" or exact_train
-        if mode == "on" and not exact_train:
+        cache_train = settings.mode == "on" or exact_train
+        if settings.mode == "on" and not exact_train:
             logger.info(f"feature cache: {views} view(s) for {self.max_epoch} epochs of random augmentation: "
                         "epochs cycle through the cached views")
         self.train_loader_images = self.train_loader
         self._encoder_fingerprint = fc.fingerprint_module(self.model.clip)  # once: hashing large weights is not free
         if cache_train:
-            self.train_loader = self._feature_loader(self.dataset.train_x, self.tfm_train,
+            self.train_loader = self._feature_loader(settings, self.dataset.train_x, self.tfm_train,
                                                      views if random_train else 1, self.train_loader, "train")
         if self.val_loader is not None:
-            self.val_loader = self._feature_loader(self.dataset.val, self.tfm_test, 1, self.val_loader, "val")
-        self.test_loader = self._feature_loader(self.dataset.test, self.tfm_test, 1, self.test_loader, "test")
+            self.val_loader = self._feature_loader(settings, self.dataset.val, self.tfm_test, 1, self.val_loader, "val")
+        self.test_loader = self._feature_loader(settings, self.dataset.test, self.tfm_test, 1, self.test_loader, "test")
 
-    def _feature_loader(self, data, transform, views: int, image_loader, split: str) -> fc.FeatureLoader:
+    def _feature_loader(self, settings: fc.CacheSettings, data, transform, views: int, image_loader,
+                        split: str) -> fc.FeatureLoader:
         from trainers.engine import dist
 
         model = self.model
-        seed = max(self.cfg.SEED, 0)
         key = {
             "encoder": self._encoder_fingerprint,
             "transform": repr(transform),
             "views": views,
-            "seed": seed if fc.transform_is_random(transform) else 0,
+            "seed": settings.seed if fc.transform_is_random(transform) else 0,
             "data": fc.fingerprint_data(data),
         }
-        path = os.path.join(self.cfg.CACHE.DIR, f"{self.dataset.name}_{split}_{fc.key_digest(key)}.pt")
+        path = os.path.join(settings.dir, f"{self.dataset.name}_{split}_{fc.key_digest(key)}.pt")
 
         def build() -> torch.Tensor:
             logger.info(f"feature cache: encoding {len(data)} {split} images x {views} view(s)")
             return fc.compute_features(
                 model.image_features, data, transform, views, key["seed"], image_loader.batch_size,
-                self.device, self.cfg.DATALOADER.NUM_WORKERS, autocast(self.precision, self.device),
+                self.device, settings.num_workers, autocast(self.precision, self.device),
                 num_classes=self.num_classes,
             )
 

@@ -6,8 +6,7 @@ loops over images, which is why its configs use batch size 1).
 from __future__ import annotations
 
 from configs.registry import register_config
-from trainers.clip_prompting.base import build_clip_backbone
-from trainers.clip_prompting.coop import CoOp, build_prompted_clip
+from trainers.clip_prompting.coop import CoOp
 from trainers.registry import TRAINER_REGISTRY
 
 
@@ -26,16 +25,7 @@ def add_cocoop_config(cfg) -> None:
 
 @TRAINER_REGISTRY.register()
 class CoCoOp(CoOp):
-    """Conditional context optimisation (same prompt learner, conditional context generator)."""
+    """Conditional context optimisation: CoOp's prompt learner with the ``ConditionalContext``
+    generator (``TRAINER.COCOOP.CONTEXT``), whose meta-net reads ``META_HIDDEN_RATIO`` and ``META_DROPOUT``."""
 
-    def node(self):
-        return self.cfg.TRAINER.COCOOP
-
-    def build_model(self) -> None:
-        clip = build_clip_backbone(self.cfg, self.device)
-        node = self.node()
-        self.model = build_prompted_clip(
-            clip, self.classnames, node, node.CONTEXT,
-            hidden_ratio=node.META_HIDDEN_RATIO, dropout=node.META_DROPOUT,
-        )
-        self.register_model("prompt_learner", self.model.prompt_learner)
+    NODE = "COCOOP"

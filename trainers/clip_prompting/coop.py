@@ -8,8 +8,7 @@ import torch
 
 from configs.registry import register_config
 from trainers.clip_prompting.base import ClipTrainerBase, build_clip_backbone
-from trainers.components.context import CONTEXT_GENERATORS
-from trainers.components.prompt_learner import PromptedCLIP, PromptLearner, context_from_words
+from trainers.components.prompt_learner import PromptedCLIP, build_prompt_learner
 from trainers.registry import TRAINER_REGISTRY
 
 logger = logging.getLogger(__name__)
@@ -28,37 +27,28 @@ def add_coop_config(cfg) -> None:
     cfg.TRAINER.COOP.CONTEXT = "StaticContext"  # context generator (trainers/components/context.py)
 
 
-def build_prompted_clip(clip, classnames, node, context_name: str, **gen_kwargs: Any) -> PromptedCLIP:
-    """PromptedCLIP from a trainer's config node (N_CTX, CTX_INIT) and a context generator name."""
-    init, n_ctx = (None, node.N_CTX)
-    if node.CTX_INIT:
-        init, n_ctx = context_from_words(clip, node.CTX_INIT)  # logs the number of context tokens
-    else:
-        logger.info(f"context: {n_ctx} tokens, random init N(0, 0.02^2)")
-    gen = CONTEXT_GENERATORS.get(context_name)(
-        n_ctx=n_ctx, ctx_dim=clip.text_width, vis_dim=clip.embed_dim, n_cls=len(classnames), init=init, **gen_kwargs
-    )
-    position = getattr(node, "CLASS_TOKEN_POSITION", "end")
-    return PromptedCLIP(clip, PromptLearner(clip, classnames, gen, n_ctx, position=position))
-
-
 @TRAINER_REGISTRY.register()
 class CoOp(ClipTrainerBase):
-    """Context optimisation: only the prompt learner trains and is saved."""
+    """Context optimisation: only the prompt learner trains and is saved.
 
+    A variant (CoCoOp, or a method of your own) sets ``NODE`` to its config node under ``TRAINER``;
+    the node's ``CONTEXT`` and ``PROMPT_LEARNER`` pick the registered parts
+    (:func:`~trainers.components.prompt_learner.build_prompt_learner`), so a variant with a new
+    context generator or prompt learner needs no ``build_model`` of its own.
+    """
+
+    NODE = "COOP"  #: config node under TRAINER
     supports_feature_cache = True  # the model has image_features() and forward(x, features=True)
 
-    def node(self):
-        return self.cfg.TRAINER.COOP
-
-    def precision_setting(self) -> str:
-        return self.node().PREC
+    def precision_setting(self) -> str:  # the engine asks for it before build_model
+        return self.cfg.TRAINER[self.NODE].PREC
 
     def build_model(self) -> None:
         clip = build_clip_backbone(self.cfg, self.device)
-        node = self.node()
-        self.model = build_prompted_clip(clip, self.classnames, node, node.CONTEXT, csc=getattr(node, "CSC", False))
-        self.register_model("prompt_learner", self.model.prompt_learner)
+        node = self.cfg.TRAINER[self.NODE]
+        learner = build_prompt_learner(clip, self.classnames, node, f"TRAINER.{self.NODE}")
+        self.model = PromptedCLIP(clip, learner)
+        self.register_model("prompt_learner", learner)
 
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         return {"loss": self.classification_loss(self.forward_batch(batch), batch)}

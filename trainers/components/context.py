@@ -6,10 +6,15 @@ generator-specific ones) and called as ``gen(img_feat)`` with ``img_feat``: Tens
 (L2-normalised image features; generators that ignore the image accept None). It returns the
 context vectors Tensor[B', C', n_ctx, ctx_dim] with B' in {1, B} and C' in {1, n_cls}; the
 prompt learner broadcasts them over images and classes.
+
+A generator may define ``from_config(node) -> dict``: its own keyword arguments read from the
+trainer's config node (keys the node does not have take the constructor's defaults). The shared
+builder (:func:`trainers.components.prompt_learner.build_prompt_learner`) calls it, so a new
+generator with new keys needs no change to any trainer's ``build_model``.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -37,6 +42,11 @@ class StaticContext(nn.Module):
         self.csc = csc
         self.ctx = nn.Parameter(_init_ctx(n_cls if csc else 1, n_ctx, ctx_dim, init, init_std))  # [C' , n_ctx, D]
 
+    @staticmethod
+    def from_config(node) -> Dict[str, Any]:
+        """``CSC`` (class-specific context; False where the node has no such key, e.g. CoCoOp's)."""
+        return {"csc": bool(getattr(node, "CSC", False))}
+
     def forward(self, img_feat: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.ctx.unsqueeze(0)  # [1, C', n_ctx, D]
 
@@ -61,6 +71,12 @@ class ConditionalContext(nn.Module):
             layers.append(nn.Dropout(dropout))
         layers.append(nn.Linear(hidden, ctx_dim))
         self.meta_net = nn.Sequential(*layers)
+
+    @staticmethod
+    def from_config(node) -> Dict[str, Any]:
+        """``META_HIDDEN_RATIO`` (default 16) and ``META_DROPOUT`` (default 0.0), as CoCoOp's."""
+        return {"hidden_ratio": int(getattr(node, "META_HIDDEN_RATIO", 16)),
+                "dropout": float(getattr(node, "META_DROPOUT", 0.0))}
 
     def forward(self, img_feat: Optional[torch.Tensor] = None) -> torch.Tensor:
         if img_feat is None:

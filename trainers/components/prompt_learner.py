@@ -5,6 +5,9 @@ A class prompt is ``[SOS] ctx_1 .. ctx_M name_tokens . [EOS]`` (class token posi
 (``middle``). The learnable context comes from a swappable context generator
 (``trainers/components/context.py``); the fixed token embeddings are non-persistent buffers,
 so a saved prompt learner holds only what trains and loads on other class names.
+
+Prompt learners are registered in ``PROMPT_LEARNERS`` and built from a trainer's config node by
+:func:`build_prompt_learner`, the one builder CoOp, CoCoOp and EmoCoOp share.
 """
 from __future__ import annotations
 
@@ -16,9 +19,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.errors import ConfigError
+from utils.registry import Registry
+
+from .context import CONTEXT_GENERATORS
 
 logger = logging.getLogger(__name__)
 POSITIONS = ("end", "middle", "front")
+
+#: Calling contract: ``cls(clip, classnames, context, n_ctx, position=...)`` (``context``: a context
+#: generator, see ``context.py``); ``learner(img_feat or None) -> (prompts [B', C, L, D], eot [C])``,
+#: the token embeddings a :class:`PromptedCLIP` encodes and the position of each class's EOT token.
+PROMPT_LEARNERS = Registry("prompt learner")
 
 
 def context_from_words(clip, words: str) -> Tuple[torch.Tensor, int]:
@@ -44,6 +55,7 @@ def context_from_words(clip, words: str) -> Tuple[torch.Tensor, int]:
     return emb, n
 
 
+@PROMPT_LEARNERS.register()
 class PromptLearner(nn.Module):
     """Builds prompt embeddings for C classes around a context generator.
 
@@ -102,6 +114,38 @@ class PromptLearner(nn.Module):
         full = torch.cat([emb.unsqueeze(0).expand(b, -1, -1, -1), ctx.expand(b, self.n_cls, -1, -1)], dim=2)
         idx = self.gather_index[None, :, :, None].expand(b, -1, -1, full.shape[-1])
         return full.gather(2, idx), self.eot
+
+
+def build_prompt_learner(clip, classnames: List[str], node, key: str, ctx_init: Optional[str] = None) -> nn.Module:
+    """The prompt learner a trainer's config node describes (CoOp, CoCoOp, EmoCoOp and their variants).
+
+    Keys read from ``node`` (``key`` names it in messages, e.g. ``"TRAINER.COOP"``): ``N_CTX``,
+    ``CTX_INIT`` (words; when given, their token count replaces ``N_CTX``), ``CONTEXT`` (a context
+    generator, plus the keys of its ``from_config``), ``CLASS_TOKEN_POSITION`` (``end`` where the
+    node has no such key) and ``PROMPT_LEARNER`` (``PromptLearner`` where it has none).
+
+    Args:
+        clip: the frozen ``ClipBackbone`` (tokenizer, token embedding, widths).
+        classnames: C class names.
+        node: the trainer's config node.
+        key: the node's full name, for error messages.
+        ctx_init: words used instead of ``node.CTX_INIT``; ``""`` = random init of ``N_CTX`` vectors
+            (EmoCoOp with GloVe init, which overwrites the context when training starts).
+    """
+    words = node.CTX_INIT if ctx_init is None else ctx_init
+    if words:
+        init, n_ctx = context_from_words(clip, words)  # logs the number of context tokens
+    else:
+        init, n_ctx = None, int(node.N_CTX)
+        if n_ctx < 1:
+            raise ConfigError(f"{key}.N_CTX must be >= 1, got {n_ctx}")
+        logger.info(f"context: {n_ctx} tokens, random init N(0, 0.02^2)")
+    gen_cls = CONTEXT_GENERATORS.get(node.CONTEXT)
+    gen_kwargs = gen_cls.from_config(node) if hasattr(gen_cls, "from_config") else {}
+    gen = gen_cls(n_ctx=n_ctx, ctx_dim=clip.text_width, vis_dim=clip.embed_dim, n_cls=len(classnames), init=init,
+                  **gen_kwargs)
+    learner = PROMPT_LEARNERS.get(getattr(node, "PROMPT_LEARNER", "PromptLearner"))
+    return learner(clip, classnames, gen, n_ctx, position=getattr(node, "CLASS_TOKEN_POSITION", "end"))
 
 
 class PromptedCLIP(nn.Module):

@@ -9,6 +9,7 @@ from yacs.config import CfgNode as CN
 
 from utils.errors import ConfigError
 from configs.registry import register_config
+from trainers.components.glove_init import context_words
 
 VOTE_TYPES = ("mean", "max", "weighted")
 
@@ -76,6 +77,8 @@ def check_emocoop_config(cfg: CN) -> None:
         raise ConfigError(f"TRAINER.EMOCOOP.FINAL_MODEL {n.FINAL_MODEL!r} must be best_val, last_step or empty")
     if n.CLUSTER_EXTRACTOR not in ("clip", "torchvision"):
         raise ConfigError(f"TRAINER.EMOCOOP.CLUSTER_EXTRACTOR {n.CLUSTER_EXTRACTOR!r} must be clip or torchvision")
+    if n.USE_GLOVE_INIT and not context_words(n.CTX_INIT):
+        raise ConfigError("TRAINER.EMOCOOP.USE_GLOVE_INIT needs context words in TRAINER.EMOCOOP.CTX_INIT")
     if n.N_VISUAL_CTX < 1 and n.USE_VISUAL_PROMPTS:
         raise ConfigError(f"TRAINER.EMOCOOP.N_VISUAL_CTX must be >= 1 with USE_VISUAL_PROMPTS, got {n.N_VISUAL_CTX}")
 

@@ -1,6 +1,6 @@
 """EmoCoOp: dynamic vision-language prompt coupling for multi-label emotion recognition.
 
-Parts (each switched by a ``TRAINER.EMOCOOP`` key, see ``emocoop_config.py`` and README.md, "EmoCoOp in EmoLab"):
+Parts (each switched by a ``TRAINER.EMOCOOP`` key, see ``trainers/emocoop/config.py`` and README.md, "EmoCoOp in EmoLab"):
 text prompts with a meta-net (``CONTEXT``), GloVe context init (``USE_GLOVE_INIT``), dynamic
 visual prompts with k-means init (``USE_VISUAL_PROMPTS``, ``USE_DYNAMIC_VISUAL``,
 ``USE_VISUAL_CLUSTERING``), V-T coupling (``USE_COUPLING``), auxiliary head and loss
@@ -25,11 +25,10 @@ from trainers.clip_prompting.base import ClipTrainerBase, build_clip_backbone
 from trainers.components import glove_init, visual_clusters
 from trainers.components.aux_head import AuxiliaryEmotionHead
 from trainers.components.chromatic import build_chromatic
-from trainers.components.context import CONTEXT_GENERATORS
 from trainers.components.coupling import VisionTextCoupling
 from trainers.components.loss_weighting import build_loss_weighting
 from trainers.components.losses import build_multilabel_loss
-from trainers.components.prompt_learner import PromptLearner, context_from_words
+from trainers.components.prompt_learner import PromptLearner, build_prompt_learner
 from trainers.components.visual_prompts import DynamicVisualPrompts
 from trainers.emocoop.config import check_emocoop_config, resolve_seed
 from trainers.emocoop.hooks import AuxWeightHook, InitHook
@@ -105,20 +104,8 @@ class EmoCoOp(ClipTrainerBase):
         logger.info("EmoCoOp parts: " + ", ".join(f"{k} {v if isinstance(v, str) else ('on' if v else 'off')}" for k, v in parts.items()))
 
     def _build_prompt_learner(self, clip) -> PromptLearner:
-        node = self.node()
-        init, n_ctx = None, int(node.N_CTX)
-        if node.USE_GLOVE_INIT:
-            if not glove_init.context_words(node.CTX_INIT):
-                raise ConfigError("TRAINER.EMOCOOP.USE_GLOVE_INIT needs context words in TRAINER.EMOCOOP.CTX_INIT")
-        elif node.CTX_INIT:
-            init, n_ctx = context_from_words(clip, node.CTX_INIT)
-        if n_ctx < 1:
-            raise ConfigError(f"TRAINER.EMOCOOP.N_CTX must be >= 1, got {n_ctx}")
-        gen = CONTEXT_GENERATORS.get(node.CONTEXT)(
-            n_ctx=n_ctx, ctx_dim=clip.text_width, vis_dim=clip.embed_dim, n_cls=self.num_classes, init=init,
-            hidden_ratio=int(node.META_HIDDEN_RATIO), dropout=float(node.META_DROPOUT),
-        )
-        return PromptLearner(clip, self.classnames, gen, n_ctx, position=node.CLASS_TOKEN_POSITION)
+        node = self.node()  # with GloVe init, CTX_INIT's words are looked up in the word vectors, not tokenised
+        return build_prompt_learner(clip, self.classnames, node, "TRAINER.EMOCOOP", "" if node.USE_GLOVE_INIT else None)
 
     def _build_visual_prompts(self, clip):
         node = self.node()

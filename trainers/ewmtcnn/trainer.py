@@ -90,6 +90,7 @@ class EWMTCNN(CNNTrainerBase):
         node = self.node()
         if not 0.0 <= node.LAMBDA <= 1.0:
             raise ConfigError(f"TRAINER.EWMTCNN.LAMBDA must be in [0, 1], got {node.LAMBDA}")
+        self.lam = float(node.LAMBDA)  # read once: the loss mix of every step
         dists = None
         if node.PRIOR_INIT == "label_correlation":  # training distributions (one-hot labels where none)
             eye = torch.eye(self.num_classes)
@@ -110,4 +111,4 @@ class EWMTCNN(CNNTrainerBase):
         label = batch.get("label")
         if dist is not None:  # the dominant emotion where an item has no label
             label = dist.argmax(dim=1) if label is None else torch.where(label >= 0, label, dist.argmax(dim=1))
-        return ewmtcnn_loss(logits, label, dist, float(self.node().LAMBDA))
+        return ewmtcnn_loss(logits, label, dist, self.lam)

@@ -34,7 +34,7 @@ from trainers.engine.checkpoint import checkpoint_path, load_checkpoint
 from trainers.components.nrc_vad import label_va
 from trainers.evaluation.regression import ValenceArousal, class_va_from_config, higher_is_better
 from trainers.registry import TRAINER_REGISTRY
-from trainers.va.common import (
+from trainers.va_regression.common import (
     MODES, TASKS, VANet, as_categorical, as_dimensional, classification_loss, load_stage1, va_mse,
 )
 

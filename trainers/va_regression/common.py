@@ -1,4 +1,4 @@
-"""Pieces of the valence-arousal trainer (:mod:`trainers.va.trainer`): config node, model,
+"""Pieces of the valence-arousal trainer (:mod:`trainers.va_regression.trainer`): config node, model,
 masked losses, stage-1 checkpoint loading and the mixing of categorical and dimensional items."""
 from __future__ import annotations
 

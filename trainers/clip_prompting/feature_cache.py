@@ -15,6 +15,7 @@ A file whose key differs is rebuilt, never reused.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,13 +26,46 @@ from typing import Any, Callable, Dict, Iterator, List, Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from utils.errors import ConfigError
 from utils.fileio import atomic_torch_save
 from utils.killpoints import killpoint
+from configs.registry import register_config
 from datasets.base import Datum
 from datasets.loader import DatasetWrapper, stack_targets  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 RANDOM_OPS = ("Random", "ColorJitter", "GaussianBlur", "RandAugment", "AutoAugment", "TrivialAugment", "AugMix")
+MODES = ("auto", "on", "off")
+
+
+@register_config
+def add_cache_config(cfg) -> None:
+    from yacs.config import CfgNode as CN
+
+    cfg.CACHE = CN()
+    cfg.CACHE.FEATURES = "auto"  # frozen-feature cache: auto (where exact) | on | off
+    cfg.CACHE.VIEWS = 1  # augmented views per training image (exact when >= MAX_EPOCH or no random transform)
+    cfg.CACHE.DIR = "cache/features"  # where cache files are kept (keyed, stale files rebuilt)
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheSettings:
+    """What the cache needs from the config, read once (:func:`cache_settings_from_cfg`)."""
+
+    mode: str  # auto | on | off
+    views: int  # augmented views per training image (>= 1)
+    dir: str  # folder of the cache files
+    seed: int  # the run's seed (>= 0): view k of a random transform is the image loader's epoch-k draw
+    num_workers: int  # data-loader workers while encoding
+
+
+def cache_settings_from_cfg(cfg) -> CacheSettings:
+    """``CACHE.*``, ``SEED`` and ``DATALOADER.NUM_WORKERS`` as plain values; a bad mode is a one-line error."""
+    mode = cfg.CACHE.FEATURES.lower()
+    if mode not in MODES:
+        raise ConfigError(f"CACHE.FEATURES must be auto, on or off, got {cfg.CACHE.FEATURES!r}")
+    return CacheSettings(mode, max(1, int(cfg.CACHE.VIEWS)), cfg.CACHE.DIR, max(int(cfg.SEED), 0),
+                         int(cfg.DATALOADER.NUM_WORKERS))
 
 
 def transform_is_random(transform: Any) -> bool:
