@@ -20,8 +20,9 @@ import torch
 import torch.nn as nn
 
 from utils.errors import ConfigError
-from datasets import build_data_loader, build_dataset
+from datasets import build_dataset
 from trainers.engine import TrainerBase
+from trainers.engine.data import build_data_bundle, image_loaders
 from trainers.evaluation import EVALUATOR_REGISTRY
 from trainers.registry import TRAINER_REGISTRY
 
@@ -67,7 +68,7 @@ def _posterize_guard() -> None:
             aa.NAME_TO_OP[name] = posterize
 
 
-def finetune_transforms(cfg, is_train: bool):
+def build_finetune_transform(cfg, is_train: bool):
     """timm's transform: RandAugment, random erasing, bicubic crops (train); resize + centre crop (eval)."""
     from timm.data import create_transform
 
@@ -91,39 +92,25 @@ class UniEmoX(TrainerBase):
 
     TASK_TARGETS = {"single_label": {"label"}}
 
-    @classmethod
-    def finalize_config(cls, cfg) -> None:
-        if not cfg.INPUT.SIZE:
-            cfg.INPUT.SIZE = (224, 224)
-
     def node(self):
         return self.cfg.TRAINER.UNIEMOX
 
     # ------------------------------------------------------------------ data
     def build_data(self) -> None:
         cfg = self.cfg
-        self.dataset = dm = build_dataset(cfg)
-        self.task = dm.task
-        if self.task != "single_label":
-            raise ConfigError(f"UniEmoX fine-tuning needs single-label data; dataset {dm.name} is {self.task}")
+        dm = build_dataset(cfg)
+        if dm.task != "single_label":
+            raise ConfigError(f"UniEmoX fine-tuning needs single-label data; dataset {dm.name} is {dm.task}")
         dm.require({"label"})
-        self.classnames, self.num_classes, self.lab2cname = dm.classnames, dm.num_classes, dm.lab2cname
         if cfg.INPUT.SIZE[0] != cfg.INPUT.SIZE[1]:
             raise ConfigError(f"INPUT.SIZE must be square for the ViT, got {tuple(cfg.INPUT.SIZE)}")
-        self.tfm_train, self.tfm_test = finetune_transforms(cfg, True), finetune_transforms(cfg, False)
-        common = dict(num_classes=self.num_classes, num_workers=cfg.DATALOADER.NUM_WORKERS, seed=max(cfg.SEED, 0),
-                      distributed=self.world_size > 1, rank=self.rank, world_size=self.world_size,
-                      pin_memory=cfg.DATALOADER.PIN_MEMORY and self.device.type == "cuda",
-                      prefetch_factor=cfg.DATALOADER.PREFETCH_FACTOR)
         bs = cfg.DATALOADER.TRAIN_X.BATCH_SIZE
         if len(dm.train_x) // self.world_size < bs:
             raise ConfigError(f"DATALOADER.TRAIN_X.BATCH_SIZE {bs} exceeds the {len(dm.train_x)} training images")
-        self.train_loader = build_data_loader(dm.train_x, self.tfm_train, bs, is_train=True, drop_last=True,
-                                              sampler=cfg.DATALOADER.TRAIN_X.SAMPLER, **common)
-        tbs = cfg.DATALOADER.TEST.BATCH_SIZE
-        self.has_val = len(dm.val) > 0
-        self.val_loader = build_data_loader(dm.val, self.tfm_test, tbs, is_train=False, **common) if self.has_val else None
-        self.test_loader = build_data_loader(dm.test, self.tfm_test, tbs, is_train=False, **common)
+        self.data = build_data_bundle(cfg, dm, image_loaders(dm.num_classes, train_drop_last=True), rank=self.rank,
+                                      world_size=self.world_size, device=self.device,
+                                      tfm_train=build_finetune_transform(cfg, True),
+                                      tfm_test=build_finetune_transform(cfg, False))
         self.evaluator = EVALUATOR_REGISTRY.get("ClassificationTopK").from_config(cfg, self.classnames)
         logger.info(f"dataset {dm.name}: {self.num_classes} classes, train {len(dm.train_x)}, val {len(dm.val)}, "
                     f"test {len(dm.test)}")
