@@ -120,6 +120,7 @@ class UniEmoX(TrainerBase):
         cfg, u = self.cfg, self.node()
         self.model = build_vit(u, self.num_classes, int(cfg.INPUT.SIZE[0]))
         self.weights_pending = False
+        self.resume_dir = cfg.RESUME or self.output_dir  # where train() looks for a checkpoint to resume
         init = u.INIT.strip()
         if init.lower() == "random":
             logger.info("TRAINER.UNIEMOX.INIT random: the ViT starts from random weights")
@@ -127,7 +128,7 @@ class UniEmoX(TrainerBase):
             load_into_classifier(self.model, resolve_checkpoint(init, ("mae", "model")), bool(u.GLOBAL_POOL))
         else:
             self.weights_pending = True  # only --eval-only / resume may fill them (checked in train())
-        lr = effective_lr(cfg, u, self.world_size)
+        lr = effective_lr(u.BLR, cfg.OPTIM.LR, cfg.DATALOADER.TRAIN_X.BATCH_SIZE, self.world_size)
         groups = param_groups(self.model, float(cfg.OPTIM.WEIGHT_DECAY), float(u.LAYER_DECAY), bool(u.LAYER_DECAY_ENABLED))
         fused = bool(cfg.OPTIM.FUSED) and self.device.type == "cuda"
         optim = adamw(groups, lr, (cfg.OPTIM.ADAM_BETA1, cfg.OPTIM.ADAM_BETA2), fused=fused)
@@ -152,7 +153,7 @@ class UniEmoX(TrainerBase):
             return None
         from timm.data import Mixup
 
-        if self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE % 2:
+        if self.data.options.train_batch_size % 2:
             raise ConfigError("Mixup/CutMix needs an even DATALOADER.TRAIN_X.BATCH_SIZE")
         return Mixup(mixup_alpha=float(u.MIXUP), cutmix_alpha=float(u.CUTMIX), prob=float(u.MIXUP_PROB),
                      switch_prob=float(u.MIXUP_SWITCH_PROB), mode=u.MIXUP_MODE, label_smoothing=float(u.SMOOTHING),
@@ -175,7 +176,7 @@ class UniEmoX(TrainerBase):
         self.weights_pending = False
 
     def train(self) -> Dict[str, float]:
-        resume_dir = self.cfg.RESUME or self.output_dir
+        resume_dir = self.resume_dir
         resumable = os.path.isfile(os.path.join(resume_dir, "model", "checkpoint"))
         if self.weights_pending and not resumable:
             raise ConfigError("TRAINER.UNIEMOX.INIT is empty: give a pre-trained or fine-tuned checkpoint "

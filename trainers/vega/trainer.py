@@ -179,7 +179,7 @@ class VEGA(TrainerBase):
             raise ConfigError(
                 f"trainer VEGA needs a conversation-features dataset (e.g. IEMOCAPFeatures), got {cfg.DATASET.NAME}"
             )
-        dm = cls.from_features_config(cfg)
+        dm = cls.features_from_cfg(cfg)
         if dm.task not in self.TASK_TARGETS:
             raise ConfigError(f"trainer VEGA does not support task {dm.task!r}")
         dm.require(self.TASK_TARGETS[dm.task])
