@@ -102,3 +102,4 @@ def test_bundle_loaders_match_a_direct_build(tmp_path, data_root):
     a, b = next(iter(d.train_loader)), next(iter(direct))
     assert torch.equal(a["index"], b["index"]) and torch.equal(a["img"], b["img"])
     assert d.has_val and d.options.seed == 1 and d.options.train_batch_size == 8
+

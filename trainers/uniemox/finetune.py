@@ -128,13 +128,14 @@ class UniEmoX(TrainerBase):
             load_into_classifier(self.model, resolve_checkpoint(init, ("mae", "model")), bool(u.GLOBAL_POOL))
         else:
             self.weights_pending = True  # only --eval-only / resume may fill them (checked in train())
-        lr = effective_lr(u.BLR, cfg.OPTIM.LR, cfg.DATALOADER.TRAIN_X.BATCH_SIZE, self.world_size)
+        batch = self.data.options.train_batch_size
+        lr = effective_lr(u.BLR, cfg.OPTIM.LR, batch, self.world_size)
         groups = param_groups(self.model, float(cfg.OPTIM.WEIGHT_DECAY), float(u.LAYER_DECAY), bool(u.LAYER_DECAY_ENABLED))
         fused = bool(cfg.OPTIM.FUSED) and self.device.type == "cuda"
         optim = adamw(groups, lr, (cfg.OPTIM.ADAM_BETA1, cfg.OPTIM.ADAM_BETA2), fused=fused)
         sched = build_schedule(optim, lr, float(u.MIN_LR), float(cfg.OPTIM.WARMUP_EPOCH), float(cfg.OPTIM.MAX_EPOCH),
                                len(self.train_loader))
-        logger.info(f"lr {lr:.3g} (BLR {u.BLR} x batch {cfg.DATALOADER.TRAIN_X.BATCH_SIZE} x {self.world_size} / 256), "
+        logger.info(f"lr {lr:.3g} (BLR {u.BLR} x batch {batch} x {self.world_size} / 256), "
                     f"layer decay {u.LAYER_DECAY if u.LAYER_DECAY_ENABLED else 'off'}, {len(groups)} parameter groups")
         self.register_model("model", self.model, optim=optim, sched=sched)
         self.mixup = self._build_mixup()

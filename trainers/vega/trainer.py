@@ -24,7 +24,6 @@ from configs.registry import register_config
 from datasets import DATASET_REGISTRY
 from datasets.conversation.features import ConversationFeatures
 from datasets.conversation.loader import build_dialogue_loader
-from datasets.loader import SAMPLERS
 from trainers.components.anchors import AnchorBank, describe, load_anchors, match_anchors
 from trainers.engine import EvalHook, HookBase, TrainerBase
 from trainers.engine.data import LoaderOptions, build_data_bundle
@@ -183,9 +182,6 @@ class VEGA(TrainerBase):
         if dm.task not in self.TASK_TARGETS:
             raise ConfigError(f"trainer VEGA does not support task {dm.task!r}")
         dm.require(self.TASK_TARGETS[dm.task])
-        sampler = cfg.DATALOADER.TRAIN_X.SAMPLER
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"unknown sampler {sampler!r} (known: {SAMPLERS})")
         self.data = build_data_bundle(cfg, dm, dialogue_loaders, rank=self.rank, world_size=self.world_size,
                                       device=self.device)
         self.evaluator = self.build_evaluator()
