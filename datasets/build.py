@@ -9,7 +9,7 @@ from utils.errors import ConfigError, DatasetError
 
 from .base import DATASET_REGISTRY, TASKS, DatasetBase, check_images
 from .fewshot import sample_fewshot, subsample_classes
-from .kfold import kfold_from_config
+from .kfold import kfold_from_cfg
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def build_dataset(cfg: Any) -> DatasetBase:
         raise ConfigError(f"DATASET.NAME is empty (registered datasets: {', '.join(DATASET_REGISTRY.names())})")
     cls = DATASET_REGISTRY.get(cfg.DATASET.NAME)
     ds = cls.from_config(cfg)
-    ds = kfold_from_config(ds, cfg)  # DATASET.KFOLD (datasets/kfold.py); a no-op when off
+    ds = kfold_from_cfg(ds, cfg)  # DATASET.KFOLD (datasets/kfold.py); a no-op when off
     if cfg.DATASET.NUM_SHOTS > 0 and cfg.SEED < 0:
         logger.info("SEED < 0: the few-shot split uses seed 0")
     ds = prepare_dataset(

@@ -105,7 +105,7 @@ def apply_kfold(ds: DatasetBase, num_folds: int, fold: int, seed: int = 0, heldo
     return out
 
 
-def kfold_from_config(ds: DatasetBase, cfg: Any) -> DatasetBase:
+def kfold_from_cfg(ds: DatasetBase, cfg: Any) -> DatasetBase:
     """:func:`apply_kfold` with ``DATASET.KFOLD`` (and ``DATASET.VAL_PERCENT``); unchanged when off."""
     k = cfg.DATASET.get("KFOLD")
     if k is None or int(k.NUM_FOLDS) == 0:

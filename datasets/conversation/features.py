@@ -9,7 +9,7 @@ set never selects a model. That split is saved as JSON beside the pickle
 and reused while it matches the file and settings.
 
 These datasets hold dialogues of utterance features, not images: image trainers cannot use
-them (``from_config`` says so); conversation trainers call :meth:`ConversationFeatures.from_features_config`
+them (``from_config`` says so); conversation trainers call :meth:`ConversationFeatures.features_from_cfg`
 and batch dialogues with :func:`datasets.conversation.loader.build_dialogue_loader`.
 """
 from __future__ import annotations
@@ -177,7 +177,7 @@ class ConversationFeatures:
         return file if os.path.isabs(file) else os.path.join(cfg.DATASET.ROOT, file)
 
     @classmethod
-    def from_features_config(cls, cfg: Any) -> "ConversationFeatures":
+    def features_from_cfg(cls, cfg: Any) -> "ConversationFeatures":
         """The dataset from DATASET.{ROOT, VAL_PERCENT, CONVERSATION.*}; few-shot / subsampling are refused."""
         if cfg.DATASET.NUM_SHOTS > 0 or cfg.DATASET.SUBSAMPLE_CLASSES != "all":
             raise ConfigError("DATASET.NUM_SHOTS / SUBSAMPLE_CLASSES are not supported for conversation features")

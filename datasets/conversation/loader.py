@@ -84,6 +84,7 @@ def build_dialogue_loader(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
+    prefetch_factor: int = 2,
 ) -> DataLoader:
     """A DataLoader of dialogue batches.
 
@@ -105,5 +106,5 @@ def build_dialogue_loader(
     )
     return seeded_data_loader(
         DialogueDataset(dialogues), sampler, batch_size, seed=seed, rank=rank, num_workers=num_workers,
-        drop_last=False, pin_memory=pin_memory, collate_fn=collate_dialogues,
+        drop_last=False, pin_memory=pin_memory, prefetch_factor=prefetch_factor, collate_fn=collate_dialogues,
     )

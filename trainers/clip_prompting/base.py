@@ -120,11 +120,13 @@ class ClipTrainerBase(TrainerBase):
         self.train_loader_images = self.train_loader
         self._encoder_fingerprint = fc.fingerprint_module(self.model.clip)  # once: hashing large weights is not free
         if cache_train:
-            self.train_loader = self._feature_loader(settings, self.dataset.train_x, self.tfm_train,
-                                                     views if random_train else 1, self.train_loader, "train")
+            self.data.train_loader = self._feature_loader(settings, self.dataset.train_x, self.tfm_train,
+                                                          views if random_train else 1, self.train_loader, "train")
         if self.val_loader is not None:
-            self.val_loader = self._feature_loader(settings, self.dataset.val, self.tfm_test, 1, self.val_loader, "val")
-        self.test_loader = self._feature_loader(settings, self.dataset.test, self.tfm_test, 1, self.test_loader, "test")
+            self.data.val_loader = self._feature_loader(settings, self.dataset.val, self.tfm_test, 1,
+                                                        self.val_loader, "val")
+        self.data.test_loader = self._feature_loader(settings, self.dataset.test, self.tfm_test, 1,
+                                                     self.test_loader, "test")
 
     def _feature_loader(self, settings: fc.CacheSettings, data, transform, views: int, image_loader,
                         split: str) -> fc.FeatureLoader:

@@ -28,7 +28,7 @@ from utils.killpoints import killpoint
 from trainers.evaluation import build_evaluator
 
 from . import dist, plots
-from .data import build_data_and_loaders
+from .data import DataAccess, build_data_and_loaders
 from .evaluation_loop import EvaluationMixin
 from .persistence import RunStateMixin
 from . import runstate
@@ -56,7 +56,7 @@ def keep_frozen_in_eval(module: nn.Module) -> None:
             keep_frozen_in_eval(child)
 
 
-class TrainerBase(RunStateMixin, EvaluationMixin):
+class TrainerBase(DataAccess, RunStateMixin, EvaluationMixin):
     """Engine base class. See the module docstring for what a trainer provides."""
 
     #: targets the trainer needs, by task; checked against the dataset at start-up
@@ -165,7 +165,7 @@ class TrainerBase(RunStateMixin, EvaluationMixin):
 
     # ------------------------------------------------------------------ data
     def build_data(self) -> None:
-        """Dataset, transforms, loaders (see ``engine/data.py``) and the evaluator."""
+        """``self.data`` (dataset, transforms, loaders; see ``engine/data.py``) and the evaluator."""
         build_data_and_loaders(self)
         self.evaluator = self.build_evaluator()
         logger.info(

@@ -49,11 +49,11 @@ def vit_size(node: CN, key: str) -> Tuple[int, int, int, int]:
     return ARCHS[node.ARCH]
 
 
-def effective_lr(cfg, node: CN, world_size: int) -> float:
-    """``BLR * batch * world / 256`` when ``BLR > 0``, else ``OPTIM.LR``."""
-    if node.BLR > 0:
-        return float(node.BLR) * cfg.DATALOADER.TRAIN_X.BATCH_SIZE * world_size / 256.0
-    return float(cfg.OPTIM.LR)
+def effective_lr(blr: float, lr: float, batch_size: int, world_size: int) -> float:
+    """``blr * batch_size * world_size / 256`` when ``blr > 0`` (``BLR``), else ``lr`` (``OPTIM.LR``)."""
+    if blr > 0:
+        return float(blr) * batch_size * world_size / 256.0
+    return float(lr)
 
 
 @register_config

@@ -20,8 +20,9 @@ import torch
 import torch.nn as nn
 
 from utils.errors import ConfigError
-from datasets import build_data_loader, build_dataset
+from datasets import build_dataset
 from trainers.engine import TrainerBase
+from trainers.engine.data import build_data_bundle, image_loaders
 from trainers.evaluation import EVALUATOR_REGISTRY
 from trainers.registry import TRAINER_REGISTRY
 
@@ -67,7 +68,7 @@ def _posterize_guard() -> None:
             aa.NAME_TO_OP[name] = posterize
 
 
-def finetune_transforms(cfg, is_train: bool):
+def build_finetune_transform(cfg, is_train: bool):
     """timm's transform: RandAugment, random erasing, bicubic crops (train); resize + centre crop (eval)."""
     from timm.data import create_transform
 
@@ -91,39 +92,25 @@ class UniEmoX(TrainerBase):
 
     TASK_TARGETS = {"single_label": {"label"}}
 
-    @classmethod
-    def finalize_config(cls, cfg) -> None:
-        if not cfg.INPUT.SIZE:
-            cfg.INPUT.SIZE = (224, 224)
-
     def node(self):
         return self.cfg.TRAINER.UNIEMOX
 
     # ------------------------------------------------------------------ data
     def build_data(self) -> None:
         cfg = self.cfg
-        self.dataset = dm = build_dataset(cfg)
-        self.task = dm.task
-        if self.task != "single_label":
-            raise ConfigError(f"UniEmoX fine-tuning needs single-label data; dataset {dm.name} is {self.task}")
+        dm = build_dataset(cfg)
+        if dm.task != "single_label":
+            raise ConfigError(f"UniEmoX fine-tuning needs single-label data; dataset {dm.name} is {dm.task}")
         dm.require({"label"})
-        self.classnames, self.num_classes, self.lab2cname = dm.classnames, dm.num_classes, dm.lab2cname
         if cfg.INPUT.SIZE[0] != cfg.INPUT.SIZE[1]:
             raise ConfigError(f"INPUT.SIZE must be square for the ViT, got {tuple(cfg.INPUT.SIZE)}")
-        self.tfm_train, self.tfm_test = finetune_transforms(cfg, True), finetune_transforms(cfg, False)
-        common = dict(num_classes=self.num_classes, num_workers=cfg.DATALOADER.NUM_WORKERS, seed=max(cfg.SEED, 0),
-                      distributed=self.world_size > 1, rank=self.rank, world_size=self.world_size,
-                      pin_memory=cfg.DATALOADER.PIN_MEMORY and self.device.type == "cuda",
-                      prefetch_factor=cfg.DATALOADER.PREFETCH_FACTOR)
         bs = cfg.DATALOADER.TRAIN_X.BATCH_SIZE
         if len(dm.train_x) // self.world_size < bs:
             raise ConfigError(f"DATALOADER.TRAIN_X.BATCH_SIZE {bs} exceeds the {len(dm.train_x)} training images")
-        self.train_loader = build_data_loader(dm.train_x, self.tfm_train, bs, is_train=True, drop_last=True,
-                                              sampler=cfg.DATALOADER.TRAIN_X.SAMPLER, **common)
-        tbs = cfg.DATALOADER.TEST.BATCH_SIZE
-        self.has_val = len(dm.val) > 0
-        self.val_loader = build_data_loader(dm.val, self.tfm_test, tbs, is_train=False, **common) if self.has_val else None
-        self.test_loader = build_data_loader(dm.test, self.tfm_test, tbs, is_train=False, **common)
+        self.data = build_data_bundle(cfg, dm, image_loaders(dm.num_classes, train_drop_last=True), rank=self.rank,
+                                      world_size=self.world_size, device=self.device,
+                                      tfm_train=build_finetune_transform(cfg, True),
+                                      tfm_test=build_finetune_transform(cfg, False))
         self.evaluator = EVALUATOR_REGISTRY.get("ClassificationTopK").from_config(cfg, self.classnames)
         logger.info(f"dataset {dm.name}: {self.num_classes} classes, train {len(dm.train_x)}, val {len(dm.val)}, "
                     f"test {len(dm.test)}")
@@ -133,6 +120,7 @@ class UniEmoX(TrainerBase):
         cfg, u = self.cfg, self.node()
         self.model = build_vit(u, self.num_classes, int(cfg.INPUT.SIZE[0]))
         self.weights_pending = False
+        self.resume_dir = cfg.RESUME or self.output_dir  # where train() looks for a checkpoint to resume
         init = u.INIT.strip()
         if init.lower() == "random":
             logger.info("TRAINER.UNIEMOX.INIT random: the ViT starts from random weights")
@@ -140,13 +128,14 @@ class UniEmoX(TrainerBase):
             load_into_classifier(self.model, resolve_checkpoint(init, ("mae", "model")), bool(u.GLOBAL_POOL))
         else:
             self.weights_pending = True  # only --eval-only / resume may fill them (checked in train())
-        lr = effective_lr(cfg, u, self.world_size)
+        batch = self.data.options.train_batch_size
+        lr = effective_lr(u.BLR, cfg.OPTIM.LR, batch, self.world_size)
         groups = param_groups(self.model, float(cfg.OPTIM.WEIGHT_DECAY), float(u.LAYER_DECAY), bool(u.LAYER_DECAY_ENABLED))
         fused = bool(cfg.OPTIM.FUSED) and self.device.type == "cuda"
         optim = adamw(groups, lr, (cfg.OPTIM.ADAM_BETA1, cfg.OPTIM.ADAM_BETA2), fused=fused)
         sched = build_schedule(optim, lr, float(u.MIN_LR), float(cfg.OPTIM.WARMUP_EPOCH), float(cfg.OPTIM.MAX_EPOCH),
                                len(self.train_loader))
-        logger.info(f"lr {lr:.3g} (BLR {u.BLR} x batch {cfg.DATALOADER.TRAIN_X.BATCH_SIZE} x {self.world_size} / 256), "
+        logger.info(f"lr {lr:.3g} (BLR {u.BLR} x batch {batch} x {self.world_size} / 256), "
                     f"layer decay {u.LAYER_DECAY if u.LAYER_DECAY_ENABLED else 'off'}, {len(groups)} parameter groups")
         self.register_model("model", self.model, optim=optim, sched=sched)
         self.mixup = self._build_mixup()
@@ -165,7 +154,7 @@ class UniEmoX(TrainerBase):
             return None
         from timm.data import Mixup
 
-        if self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE % 2:
+        if self.data.options.train_batch_size % 2:
             raise ConfigError("Mixup/CutMix needs an even DATALOADER.TRAIN_X.BATCH_SIZE")
         return Mixup(mixup_alpha=float(u.MIXUP), cutmix_alpha=float(u.CUTMIX), prob=float(u.MIXUP_PROB),
                      switch_prob=float(u.MIXUP_SWITCH_PROB), mode=u.MIXUP_MODE, label_smoothing=float(u.SMOOTHING),
@@ -188,7 +177,7 @@ class UniEmoX(TrainerBase):
         self.weights_pending = False
 
     def train(self) -> Dict[str, float]:
-        resume_dir = self.cfg.RESUME or self.output_dir
+        resume_dir = self.resume_dir
         resumable = os.path.isfile(os.path.join(resume_dir, "model", "checkpoint"))
         if self.weights_pending and not resumable:
             raise ConfigError("TRAINER.UNIEMOX.INIT is empty: give a pre-trained or fine-tuned checkpoint "

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -30,6 +30,7 @@ from datasets.formats.person_boxes import read_person_boxes
 from datasets.loader import EpochSampler, ShardSampler, seeded_data_loader
 from trainers.components.fusion import build_fusion
 from trainers.engine import TrainerBase
+from trainers.engine.data import LoaderOptions, build_data_bundle
 from trainers.registry import TRAINER_REGISTRY
 
 from .captions import build_caption, caption_embeddings
@@ -75,11 +76,6 @@ class UniEmoXPretrain(TrainerBase):
     TASK_TARGETS = {"single_label": {"label"}}
     find_unused_parameters = True
 
-    @classmethod
-    def finalize_config(cls, cfg) -> None:
-        if not cfg.INPUT.SIZE:
-            cfg.INPUT.SIZE = (224, 224)
-
     def node(self):
         return self.cfg.TRAINER.UNIEMOX_PRETRAIN
 
@@ -94,9 +90,7 @@ class UniEmoXPretrain(TrainerBase):
     # ------------------------------------------------------------------ data
     def build_data(self) -> None:
         cfg, p = self.cfg, self.node()
-        dm = self.dataset = build_dataset(cfg)
-        self.task = dm.task
-        self.classnames, self.num_classes, self.lab2cname = dm.classnames, dm.num_classes, dm.lab2cname
+        dm = build_dataset(cfg)
         splits = {"train": dm.train_x, "val": dm.val, "test": dm.test}
         bad = [s for s in p.TRAIN_PHASES if s not in splits]
         if bad or not p.TRAIN_PHASES:
@@ -113,35 +107,36 @@ class UniEmoXPretrain(TrainerBase):
         bs = cfg.DATALOADER.TRAIN_X.BATCH_SIZE
         if len(self.items) // self.world_size < bs:
             raise ConfigError(f"DATALOADER.TRAIN_X.BATCH_SIZE {bs} exceeds the {len(self.items)} pre-training images")
-        self.train_loader = self._loader(self.items, bs, train=True)
-        self.has_val = False
-        self.val_loader = None
-        self.test_loader = self._loader(self.held_out, cfg.DATALOADER.TEST.BATCH_SIZE, train=False) if self.held_out else None
+        self.image_size = int(cfg.INPUT.SIZE[0])
+        self.pixel_mean, self.pixel_std = tuple(cfg.INPUT.PIXEL_MEAN), tuple(cfg.INPUT.PIXEL_STD)
+        self.rrcrop_scale = tuple(p.RRCROP_SCALE)
+        boxes_file = p.PERSON_BOXES or os.path.join(dm.root, "person_boxes.json")
+        self.data = build_data_bundle(cfg, dm, self._view_loaders(dm.root, boxes_file), rank=self.rank,
+                                      world_size=self.world_size, device=self.device,
+                                      splits=(self.items, [], self.held_out), test_optional=True)
         self.evaluator = None
         logger.info(f"pre-training on {dm.name} phases {'+'.join(p.TRAIN_PHASES)}: {len(self.items)} images"
                     + (f"; held out: {self.held_out_split} ({len(self.held_out)})" if self.held_out else "")
                     + f"; decoding on the {'training device' if self.decode_on_device else 'loader workers'}")
 
-    def _boxes(self, data) -> List[Any]:
-        if not self.uses_person:
-            return [None] * len(data)
-        path = self.node().PERSON_BOXES or os.path.join(self.dataset.root, "person_boxes.json")
-        return read_person_boxes(path, self.dataset.root, [d.impath for d in data])
+    def _view_loaders(self, root: str, boxes_file: str):
+        """Loader factory of the two views (train: epoch-seeded views; held out: fixed views)."""
 
-    def _loader(self, data, batch_size: int, train: bool):
-        cfg, p = self.cfg, self.node()
-        seed = max(cfg.SEED, 0)
-        views = PretrainViews([d.impath for d in data], [d.label for d in data], self._boxes(data), int(cfg.INPUT.SIZE[0]),
-                              tuple(p.RRCROP_SCALE), self.uses_person, seed, decode_in_worker=not self.decode_on_device)
-        if train:
-            sampler = EpochSampler(len(data), seed=seed, shuffle=True, rank=self.rank, world_size=self.world_size)
-        else:
-            sampler = ShardSampler(len(data), rank=self.rank, world_size=self.world_size)
-            sampler = [(i, HELD_OUT_EPOCH) for i in sampler]  # fixed views
-        return seeded_data_loader(views, sampler, batch_size, seed=seed, rank=self.rank,
-                                  num_workers=cfg.DATALOADER.NUM_WORKERS, drop_last=train,
-                                  pin_memory=cfg.DATALOADER.PIN_MEMORY and self.device.type == "cuda",
-                                  prefetch_factor=cfg.DATALOADER.PREFETCH_FACTOR, collate_fn=collate)
+        def make(data, train: bool, o: LoaderOptions, transform=None):
+            boxes = (read_person_boxes(boxes_file, root, [d.impath for d in data]) if self.uses_person
+                     else [None] * len(data))
+            views = PretrainViews([d.impath for d in data], [d.label for d in data], boxes, self.image_size,
+                                  self.rrcrop_scale, self.uses_person, o.seed, decode_in_worker=not self.decode_on_device)
+            if train:
+                sampler = EpochSampler(len(data), seed=o.seed, shuffle=True, rank=o.rank, world_size=o.world_size)
+            else:
+                sampler = ShardSampler(len(data), rank=o.rank, world_size=o.world_size)
+                sampler = [(i, HELD_OUT_EPOCH) for i in sampler]  # fixed views
+            return seeded_data_loader(views, sampler, o.train_batch_size if train else o.test_batch_size, seed=o.seed,
+                                      rank=o.rank, num_workers=o.num_workers, drop_last=train, pin_memory=o.pin_memory,
+                                      prefetch_factor=o.prefetch_factor, collate_fn=collate)
+
+        return make
 
     # ------------------------------------------------------------------ model
     def build_model(self) -> None:
@@ -175,7 +170,7 @@ class UniEmoXPretrain(TrainerBase):
         if fusion is not None and any(True for _ in fusion.parameters()):
             groups += param_groups_weight_decay(fusion, float(cfg.OPTIM.WEIGHT_DECAY))
         groups = [g for g in groups if g["params"]]
-        lr = effective_lr(cfg, p, self.world_size)
+        lr = effective_lr(p.BLR, cfg.OPTIM.LR, self.data.options.train_batch_size, self.world_size)
         fused = bool(cfg.OPTIM.FUSED) and self.device.type == "cuda"
         optim = torch.optim.AdamW(groups, lr=lr, betas=(cfg.OPTIM.ADAM_BETA1, cfg.OPTIM.ADAM_BETA2),
                                   **({"fused": True} if fused else {}))
@@ -211,17 +206,15 @@ class UniEmoXPretrain(TrainerBase):
     # ------------------------------------------------------------------ step
     def views(self, batch: Dict[str, Any]) -> Dict[str, Any]:
         if "bytes" in batch:
-            p = self.node()
-            batch = decode_batch_on_device(batch, self.device, int(self.cfg.INPUT.SIZE[0]), tuple(p.RRCROP_SCALE),
-                                           self.uses_person)
+            batch = decode_batch_on_device(batch, self.device, self.image_size, self.rrcrop_scale, self.uses_person)
         return batch
 
     def pretext_losses(self, batch: Dict[str, Any], text_table: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
-        p, cfg = self.node(), self.cfg
+        p = self.node()
         batch = self.views(batch)
         scene_u8 = batch["img"]
-        scene = _normalise(scene_u8, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
-        person = _normalise(batch["person"], cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD) if "person" in batch else None
+        scene = _normalise(scene_u8, self.pixel_mean, self.pixel_std)
+        person = _normalise(batch["person"], self.pixel_mean, self.pixel_std) if "person" in batch else None
         mae_loss, feature = self.model(scene, person, float(p.MASK_RATIO), p.MAE_WEIGHT > 0)
         out: Dict[str, torch.Tensor] = {}
         total = torch.zeros((), device=scene.device)
@@ -278,7 +271,7 @@ class UniEmoXPretrain(TrainerBase):
         sums: Dict[str, float] = {}
         n = 0
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(max(self.cfg.SEED, 0) + 12345)
+            torch.manual_seed(self.data.options.seed + 12345)
             for batch in self.test_loader:
                 batch = to_device(batch, self.device)
                 with autocast(self.precision, self.device):

@@ -28,9 +28,10 @@ from typing import Any, Dict, Optional
 import torch
 
 from utils.errors import ConfigError
-from datasets import DATASET_REGISTRY, build_data_loader, check_images
+from datasets import DATASET_REGISTRY, check_images
 from trainers.cnn.base import CNNTrainerBase
 from trainers.engine.checkpoint import checkpoint_path, load_checkpoint
+from trainers.engine.data import image_loaders
 from trainers.components.nrc_vad import label_va
 from trainers.evaluation.regression import ValenceArousal, class_va_from_config, higher_is_better
 from trainers.registry import TRAINER_REGISTRY
@@ -83,13 +84,7 @@ class VARegression(CNNTrainerBase):
         check_images(cat.train_x)
         self.head_classes = list(cat.classnames)
         items = as_dimensional(self.dataset.train_x) + as_categorical(cat.train_x, self.cat_multi_label)
-        c = self.cfg
-        self.train_loader = build_data_loader(
-            items, self.tfm_train, c.DATALOADER.TRAIN_X.BATCH_SIZE, is_train=True, sampler=c.DATALOADER.TRAIN_X.SAMPLER,
-            num_classes=len(self.head_classes), num_workers=c.DATALOADER.NUM_WORKERS, seed=max(c.SEED, 0),
-            distributed=self.world_size > 1, rank=self.rank, world_size=self.world_size,
-            pin_memory=c.DATALOADER.PIN_MEMORY and self.device.type == "cuda",
-        )
+        self.data.train_loader = image_loaders(len(self.head_classes))(items, True, self.data.options, self.tfm_train)
         logger.info(f"two_stage/multi: {len(self.dataset.train_x)} dimensional items of {self.dataset.name} mixed "
                     f"with {len(cat.train_x)} categorical items of {cat.name} ({len(self.head_classes)} classes)")
 

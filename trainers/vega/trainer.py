@@ -24,9 +24,9 @@ from configs.registry import register_config
 from datasets import DATASET_REGISTRY
 from datasets.conversation.features import ConversationFeatures
 from datasets.conversation.loader import build_dialogue_loader
-from datasets.loader import SAMPLERS
 from trainers.components.anchors import AnchorBank, describe, load_anchors, match_anchors
 from trainers.engine import EvalHook, HookBase, TrainerBase
+from trainers.engine.data import LoaderOptions, build_data_bundle
 from trainers.registry import TRAINER_REGISTRY
 from trainers.vega.model import MODALITIES, VEGALossSettings, VEGANet, vega_loss
 
@@ -131,6 +131,14 @@ class EarlyStoppingHook(HookBase):
         self.bad_epochs = int(state.get("bad_epochs", 0))
 
 
+def dialogue_loaders(dialogues, is_train: bool, o: LoaderOptions, transform=None):
+    """Loader factory of dialogue batches (:func:`datasets.conversation.loader.build_dialogue_loader`)."""
+    if is_train:
+        return build_dialogue_loader(dialogues, o.train_batch_size, is_train=True,
+                                     shuffle=o.train_sampler == "RandomSampler", **o.common())
+    return build_dialogue_loader(dialogues, o.test_batch_size, is_train=False, **o.common())
+
+
 class VEGAModel(nn.Module):
     """The network plus its (non-persistent) anchor buffers, so both move to the device together."""
 
@@ -170,24 +178,12 @@ class VEGA(TrainerBase):
             raise ConfigError(
                 f"trainer VEGA needs a conversation-features dataset (e.g. IEMOCAPFeatures), got {cfg.DATASET.NAME}"
             )
-        self.dataset = dm = cls.from_features_config(cfg)
-        self.task = dm.task
-        dm.require(self.required_targets())
-        self.classnames, self.num_classes, self.lab2cname = dm.classnames, dm.num_classes, dm.lab2cname
-        sampler = cfg.DATALOADER.TRAIN_X.SAMPLER
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"unknown sampler {sampler!r} (known: {SAMPLERS})")
-        common = dict(
-            seed=max(cfg.SEED, 0), num_workers=cfg.DATALOADER.NUM_WORKERS, distributed=self.world_size > 1,
-            rank=self.rank, world_size=self.world_size, pin_memory=cfg.DATALOADER.PIN_MEMORY and self.device.type == "cuda",
-        )
-        self.train_loader = build_dialogue_loader(
-            dm.train_x, cfg.DATALOADER.TRAIN_X.BATCH_SIZE, is_train=True, shuffle=sampler == "RandomSampler", **common
-        )
-        bs = cfg.DATALOADER.TEST.BATCH_SIZE
-        self.has_val = len(dm.val) > 0
-        self.val_loader = build_dialogue_loader(dm.val, bs, is_train=False, **common) if self.has_val else None
-        self.test_loader = build_dialogue_loader(dm.test, bs, is_train=False, **common)
+        dm = cls.features_from_cfg(cfg)
+        if dm.task not in self.TASK_TARGETS:
+            raise ConfigError(f"trainer VEGA does not support task {dm.task!r}")
+        dm.require(self.TASK_TARGETS[dm.task])
+        self.data = build_data_bundle(cfg, dm, dialogue_loaders, rank=self.rank, world_size=self.world_size,
+                                      device=self.device)
         self.evaluator = self.build_evaluator()
 
     # ------------------------------------------------------------------ model
