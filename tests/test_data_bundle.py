@@ -44,7 +44,7 @@ def _build(tmp_path, data_root, trainer, *extra):
 @pytest.fixture
 def no_stage1(monkeypatch):
     """The VA two-stage trainer builds without a stage-1 run (only its data is looked at here)."""
-    import trainers.va.trainer as va
+    import trainers.va_regression.trainer as va
 
     monkeypatch.setattr(va, "load_stage1", lambda model, path: path)
 
