@@ -295,3 +295,21 @@ def test_ctrl_c_line_comes_from_the_interrupted_trainer(tmp_path, data_root, mon
     assert train.interrupted_line(e.value.last_commit).startswith(
         f"interrupted: rerun the same command to resume the run in {out} from epoch 1")
     assert train.interrupted_line(None).startswith("interrupted before the first epoch was saved")
+
+
+# ---------------------------------------------------------------------------------------------- hook state on resume
+def test_hook_states_match_by_name_and_older_lists_by_their_keys():
+    from trainers.engine.persistence import hook_names, match_hook_states
+
+    hooks = [LRSchedulerHook(), EvalHook(1), EarlyStoppingHook("m", 2), ProgressHook(1), CheckpointHook(1)]
+    assert hook_names(hooks + [EvalHook(2)])[-1] == "EvalHook#2"
+    es_state, eval_state, ck_state = {"best": 0.7, "bad": 1}, {"best": 0.9}, {"prev": 4}
+    named = match_hook_states(hooks, [ck_state, es_state, eval_state, {}],
+                              ["CheckpointHook", "EarlyStoppingHook", "EvalHook", "ProgressHook"])
+    assert named == [{}, eval_state, es_state, {}, ck_state]
+    # a checkpoint of a CNN trainer written before priorities: early stopping came after ProgressHook
+    legacy_cnn = match_hook_states(hooks, [{}, eval_state, {}, es_state, ck_state], None)
+    assert legacy_cnn == [{}, eval_state, es_state, {}, ck_state]
+    # VEGA's own hook before it shared this one: {"bad_epochs"} right after EvalHook
+    legacy_vega = match_hook_states(hooks, [{}, eval_state, {"bad_epochs": 3}, {}, ck_state], None)
+    assert legacy_vega == [{}, eval_state, {"bad_epochs": 3}, {}, ck_state]
