@@ -29,6 +29,15 @@ from utils.errors import ConfigError, EmoLabError
 logger = logging.getLogger("emolab")
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, carrying the trainer's last commit (``{"dir", "epoch", "finished"}``,
+    empty before the first one) so that :func:`cli` can say where the run resumes."""
+
+    def __init__(self, last_commit=None) -> None:
+        super().__init__()
+        self.last_commit = dict(last_commit or {})
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--root", type=str, default=None, help="path to the dataset root (DATASET.ROOT)")
@@ -135,7 +144,6 @@ def run(args: argparse.Namespace) -> int:
     from trainers.engine.logger import setup_logging
 
     check_args(args)
-    runstate.LAST_COMMIT.clear()
     cfg = setup_cfg(args)
     is_main = int(os.environ.get("RANK", 0)) == 0
     out = cfg.OUTPUT_DIR
@@ -143,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         runstate.prepare_output_dir(out)
         runstate.lock_output_dir(out)
     try:
-        what = runstate.check_rerun(cfg, args.restart, args.eval_only)
+        what = runstate.check_rerun(out, cfg.dump(), args.restart, args.eval_only)
         if what == "finished":
             restored = runstate.repair_finished(out) if is_main else False
             m = runstate.read_manifest(out) or {}
@@ -151,7 +159,6 @@ def run(args: argparse.Namespace) -> int:
                   + ("; metrics.jsonl restored from its run state" if restored else "")
                   + " (use --restart to train it again, or another --output-dir)")
             return 0
-        runstate.MODE["value"] = "eval" if args.eval_only else "train"
         setup_logging(out, is_main)
         name = "config.yaml"
         if is_main:
@@ -172,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
             where = os.path.join(out, name) if is_main else "config.yaml"
             logger.info(f"config ({len(diff)} keys differ from the defaults; all keys in {where}):"
                         + "".join(f"\n  {k}: {v!r}" for k, v in diff))
-        trainer = build_trainer(cfg)
+        trainer = build_trainer(cfg, mode="eval" if args.eval_only else "train")
         try:
             if args.eval_only:
                 model_dir = args.model_dir or out
@@ -185,11 +192,12 @@ def run(args: argparse.Namespace) -> int:
                 trainer.test()
             elif not args.no_train:
                 trainer.train()
+        except KeyboardInterrupt as e:
+            raise Interrupted(trainer.last_commit) from e
         finally:
             trainer.close()
             dist.cleanup()
     finally:
-        runstate.MODE["value"] = "train"
         if is_main:
             runstate.unlock_output_dir(out)
     return 0
@@ -208,15 +216,15 @@ def main(argv=None) -> int:
         return 1 if isinstance(e, TrainingError) else 2
 
 
-def interrupted_line() -> str:
-    """The one line printed on Ctrl-C: where the run can resume."""
-    from trainers.engine.runstate import LAST_COMMIT
-
-    if LAST_COMMIT.get("dir"):
-        if LAST_COMMIT.get("finished"):
-            return f"interrupted: the run in {LAST_COMMIT['dir']} had finished"
-        return (f"interrupted: rerun the same command to resume the run in {LAST_COMMIT['dir']} "
-                f"from epoch {LAST_COMMIT['epoch']} (the last saved epoch)")
+def interrupted_line(last_commit=None) -> str:
+    """The one line printed on Ctrl-C: where the run can resume (``last_commit``: the trainer's,
+    carried by :class:`Interrupted`)."""
+    last = last_commit or {}
+    if last.get("dir"):
+        if last.get("finished"):
+            return f"interrupted: the run in {last['dir']} had finished"
+        return (f"interrupted: rerun the same command to resume the run in {last['dir']} "
+                f"from epoch {last['epoch']} (the last saved epoch)")
     return "interrupted before the first epoch was saved: rerun the same command to start again"
 
 
@@ -224,8 +232,8 @@ def cli() -> int:
     """``python train.py``: :func:`main`, with Ctrl-C as one line and exit status 130."""
     try:
         return main()
-    except KeyboardInterrupt:
-        print(interrupted_line(), file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(interrupted_line(getattr(e, "last_commit", None)), file=sys.stderr)
         return 130
 
 

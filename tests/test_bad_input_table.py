@@ -304,12 +304,9 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     import train
 
     def interrupted(argv=None):
-        raise KeyboardInterrupt
-
-    from trainers.engine import runstate
+        raise train.Interrupted({"dir": "out/run", "epoch": 3, "finished": False})
 
     monkeypatch.setattr(train, "main", interrupted)
-    monkeypatch.setattr(runstate, "LAST_COMMIT", {"dir": "out/run", "epoch": 3, "finished": False})
     assert train.cli() == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "interrupted" in err[0] and "rerun the same command" in err[0]

@@ -318,15 +318,14 @@ def test_cli_anchor_mismatch_is_one_line_error(tmp_path, anchor_file, capsys):
 def test_early_stopping_counts_evaluations_without_a_new_best():
     from types import SimpleNamespace
 
-    from trainers.vega.trainer import EarlyStoppingHook
+    from trainers.engine.hooks import EarlyStoppingHook
 
     t = SimpleNamespace(stop_training=False, evaluator=SimpleNamespace(main_metric="weighted_f1"))
-    hook = EarlyStoppingHook(2)
+    hook = EarlyStoppingHook(None, 2)  # as VEGA builds it: the main metric, any gain counts
     hook.trainer = t
-    # (validated this epoch, new best) -> stop after the hook? (released: more than `patience` bad epochs)
-    for validated, best, stop in [(True, True, False), (True, False, False), (False, False, False),
-                                  (True, False, False), (True, False, True)]:
-        t.last_val, t.is_best = ({"weighted_f1": 1.0} if validated else None), best
+    # (validated weighted_f1 or None) -> stop after the hook? (released: more than `patience` bad epochs)
+    for value, stop in [(60.0, False), (60.0, False), (None, False), (55.0, False), (59.0, True)]:
+        t.last_val = {"weighted_f1": value} if value is not None else None
         hook.after_epoch()
         assert t.stop_training == stop
-    assert hook.state_dict() == {"bad_epochs": 3}
+    assert hook.state_dict() == {"best": 60.0, "bad": 3}

@@ -19,12 +19,13 @@ def get_cfg(with_extensions: bool = True):
     return _get_cfg(with_extensions)
 
 
-def build_trainer(cfg, setup_logs: bool = True):
+def build_trainer(cfg, setup_logs: bool = True, mode: str = "train"):
     """Instantiate the trainer named by ``cfg.TRAINER.NAME``.
 
     An unfrozen config is completed first (the trainer's ``finalize_config``, e.g. the input size
     of its backbone) and frozen. With ``setup_logs`` and no EmoLab log handler yet (a notebook or
-    script), log lines go to stdout and ``OUTPUT_DIR/log.txt``, as with ``train.py``.
+    script), log lines go to stdout and ``OUTPUT_DIR/log.txt``, as with ``train.py``. ``mode``:
+    ``"train"``, or ``"eval"`` for an evaluation-only trainer (``--eval-only``).
     """
     import logging
     import os
@@ -37,7 +38,7 @@ def build_trainer(cfg, setup_logs: bool = True):
         from .engine.logger import setup_logging
 
         setup_logging(cfg.OUTPUT_DIR, int(os.environ.get("RANK", 0)) == 0)
-    return cls(cfg)
+    return cls(cfg) if mode == "train" else cls(cfg, mode=mode)
 
 
 __all__ = ["TRAINER_REGISTRY", "build_trainer", "get_cfg"]

@@ -11,7 +11,10 @@ logger = logging.getLogger(__name__)
 
 class InitHook(HookBase):
     """Runs initialisers (GloVe context, k-means visual prompts) in ``before_train`` when the run
-    starts from scratch; a resumed run (``trainer.start_epoch > 0``) keeps its trained weights."""
+    starts from scratch; a resumed run (``trainer.start_epoch > 0``) keeps its trained weights.
+    Priority HIGHEST: the weights are set before any other hook's ``before_train``."""
+
+    priority = "HIGHEST"
 
     def __init__(self, initialisers: List[Callable[[], None]]) -> None:
         self.initialisers = list(initialisers)
@@ -29,11 +32,13 @@ class InitHook(HookBase):
 class AuxWeightHook(HookBase):
     """Updates the auxiliary-loss weighting once per validation, from ``trainer.last_val``.
 
-    Must run after :class:`~trainers.engine.hooks.EvalHook` (which sets ``last_val``) and before
-    the checkpoint hook (so checkpoints hold the updated schedule). The score is the validation
+    Priority ABOVE_NORMAL: after :class:`~trainers.engine.hooks.EvalHook` (which sets ``last_val``)
+    and before the checkpoint hook (so checkpoints hold the updated schedule). The score is the validation
     metric ``score_key`` (a percentage) divided by 100; if the evaluator does not report it (e.g.
     ``hit@2`` on single-label data) the evaluator's main metric is used, with a warning.
     """
+
+    priority = "ABOVE_NORMAL"
 
     def __init__(self, weighting, score_key: str = "hit@2") -> None:
         self.weighting = weighting

@@ -14,6 +14,7 @@ need neither the word vectors nor the training images' features.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Dict, List
 
 import torch
@@ -33,19 +34,58 @@ from trainers.components.visual_prompts import DynamicVisualPrompts
 from trainers.emocoop.config import check_emocoop_config, resolve_seed
 from trainers.emocoop.hooks import AuxWeightHook, InitHook
 from trainers.emocoop.model import EmoCoOpModel
-from trainers.engine.hooks import EvalHook, HookBase
+from trainers.engine.hooks import HookBase
 from trainers.registry import TRAINER_REGISTRY
 
 logger = logging.getLogger(__name__)
 
 
-def _normalized(cfg) -> tuple:
+def normalized_from_cfg(cfg) -> tuple:
     """(training batches normalised?, evaluation batches normalised?) from ``cfg.INPUT``."""
     if cfg.INPUT.NO_TRANSFORM:
         return False, False
     train = "normalize" in cfg.INPUT.TRANSFORMS
     test = "normalize" in cfg.INPUT.TEST_TRANSFORMS if cfg.INPUT.TEST_TRANSFORMS else train
     return train, test
+
+
+@dataclass(frozen=True)
+class InitSettings:
+    """What the from-scratch initialisers (GloVe context, k-means visual prompts) need, read from the
+    config once when the model is built (:func:`init_settings_from_cfg`)."""
+
+    glove_model: str
+    ctx_init: str
+    glove_seed: int
+    cluster_seed: int
+    cluster_extractor: str
+    cluster_arch: str
+    cluster_weights: str
+    cluster_max_images: int
+    cluster_cache_dir: str
+    clip_ident: str  # backbone, weights and input size: names the CLIP features in the cluster cache
+    input_ident: str  # input size and interpolation: part of the cluster cache key
+    pixel_mean: Any  # as the config holds them (part of the torchvision extractor's cache key)
+    pixel_std: Any
+    normalized_test: bool
+    batch_size: int
+    num_workers: int
+    loader_seed: int
+
+
+def init_settings_from_cfg(cfg) -> InitSettings:
+    node = cfg.TRAINER.EMOCOOP
+    return InitSettings(
+        glove_model=node.GLOVE_MODEL, ctx_init=node.CTX_INIT, glove_seed=resolve_seed(node.GLOVE_SEED, cfg.SEED),
+        cluster_seed=resolve_seed(node.CLUSTER_SEED, cfg.SEED), cluster_extractor=node.CLUSTER_EXTRACTOR,
+        cluster_arch=node.CLUSTER_ARCH, cluster_weights=node.CLUSTER_WEIGHTS,
+        cluster_max_images=int(node.CLUSTER_MAX_IMAGES), cluster_cache_dir=node.CLUSTER_CACHE_DIR,
+        clip_ident=f"{cfg.MODEL.BACKBONE.NAME}:{cfg.MODEL.BACKBONE.PRETRAINED}:{tuple(cfg.INPUT.SIZE)}",
+        input_ident=f"{tuple(cfg.INPUT.SIZE)}:{cfg.INPUT.INTERPOLATION}",
+        pixel_mean=cfg.INPUT.PIXEL_MEAN, pixel_std=cfg.INPUT.PIXEL_STD,
+        normalized_test=normalized_from_cfg(cfg)[1], batch_size=int(cfg.DATALOADER.TEST.BATCH_SIZE),
+        num_workers=int(cfg.DATALOADER.NUM_WORKERS), loader_seed=max(cfg.SEED, 0),
+    )
 
 
 @TRAINER_REGISTRY.register()
@@ -84,7 +124,8 @@ class EmoCoOp(ClipTrainerBase):
         self.loss_fn = build_multilabel_loss(node) if self.task == "multi_label" else None
         if self.task != "multi_label" and node.LOSS != "bce":
             logger.warning(f"TRAINER.EMOCOOP.LOSS {node.LOSS} is for multi-label data: single-label uses cross-entropy")
-        norm_train, norm_test = _normalized(cfg)
+        norm_train, norm_test = normalized_from_cfg(cfg)
+        self.init_settings = init_settings_from_cfg(cfg)
         self.model = EmoCoOpModel(
             clip, prompt_learner, visual, aux, chromatic, self.weighting,
             pixel_mean=cfg.INPUT.PIXEL_MEAN, pixel_std=cfg.INPUT.PIXEL_STD,
@@ -123,14 +164,12 @@ class EmoCoOp(ClipTrainerBase):
     # ------------------------------------------------------------------ initialisation (hook)
     def init_context_from_glove(self) -> None:
         """Overwrite the text context with projected word vectors (training from scratch only)."""
-        node = self.node()
-        path = glove_init.resolve_vectors_path(node.GLOVE_MODEL, switch="TRAINER.EMOCOOP.USE_GLOVE_INIT")
+        st = self.init_settings
+        path = glove_init.resolve_vectors_path(st.glove_model, switch="TRAINER.EMOCOOP.USE_GLOVE_INIT")
         vectors = glove_init.load_word_vectors(path)
         ctx_param = self.model_without_ddp.prompt_learner.context.ctx
-        words = glove_init.context_words(node.CTX_INIT)
-        ctx, missing = glove_init.glove_context(
-            words, vectors, ctx_param.shape[-2], ctx_param.shape[-1], resolve_seed(node.GLOVE_SEED, self.cfg.SEED)
-        )
+        words = glove_init.context_words(st.ctx_init)
+        ctx, missing = glove_init.glove_context(words, vectors, ctx_param.shape[-2], ctx_param.shape[-1], st.glove_seed)
         with torch.no_grad():
             ctx_param.copy_(ctx.to(ctx_param).expand_as(ctx_param))
         logger.info(
@@ -140,31 +179,29 @@ class EmoCoOp(ClipTrainerBase):
 
     def init_visual_prompts_from_clusters(self) -> None:
         """Static visual prompts := projected k-means centres of training-image features."""
-        node, cfg = self.node(), self.cfg
+        st = self.init_settings
         visual = self.model_without_ddp.visual_prompts
-        seed = resolve_seed(node.CLUSTER_SEED, cfg.SEED)
+        seed = st.cluster_seed
         clip = self.model_without_ddp.clip
-        if node.CLUSTER_EXTRACTOR == "clip":
-            ident = f"{cfg.MODEL.BACKBONE.NAME}:{cfg.MODEL.BACKBONE.PRETRAINED}:{tuple(cfg.INPUT.SIZE)}"
-            extractor = visual_clusters.FEATURE_EXTRACTORS.get("clip")(clip=clip, ident=ident)
+        if st.cluster_extractor == "clip":
+            extractor = visual_clusters.FEATURE_EXTRACTORS.get("clip")(clip=clip, ident=st.clip_ident)
         else:
             extractor = visual_clusters.FEATURE_EXTRACTORS.get("torchvision")(
-                arch=node.CLUSTER_ARCH, weights=node.CLUSTER_WEIGHTS, pixel_mean=cfg.INPUT.PIXEL_MEAN,
-                pixel_std=cfg.INPUT.PIXEL_STD, normalized=_normalized(cfg)[1], device=self.device,
+                arch=st.cluster_arch, weights=st.cluster_weights, pixel_mean=st.pixel_mean,
+                pixel_std=st.pixel_std, normalized=st.normalized_test, device=self.device,
             )
         data = self.dataset.train_x
-        keep = visual_clusters.select_images(len(data), int(node.CLUSTER_MAX_IMAGES), seed)
+        keep = visual_clusters.select_images(len(data), st.cluster_max_images, seed)
         data = [data[i] for i in keep]
         k = visual.n_prompts
         path = visual_clusters.cache_file(
-            node.CLUSTER_CACHE_DIR, self.dataset.name, extractor, k, seed,
-            [d.impath for d in data], extra=f"{tuple(cfg.INPUT.SIZE)}:{cfg.INPUT.INTERPOLATION}",
+            st.cluster_cache_dir, self.dataset.name, extractor, k, seed, [d.impath for d in data], extra=st.input_ident,
         )
 
         def compute():
             loader = build_data_loader(
-                data, self.tfm_test, cfg.DATALOADER.TEST.BATCH_SIZE, is_train=False, num_classes=self.num_classes,
-                num_workers=cfg.DATALOADER.NUM_WORKERS, seed=max(cfg.SEED, 0),
+                data, self.tfm_test, st.batch_size, is_train=False, num_classes=self.num_classes,
+                num_workers=st.num_workers, seed=st.loader_seed,
             )
             feats = visual_clusters.extract_features(loader, extractor, self.device)
             logger.info(f"k-means (k={k}, seed {seed}) over {len(feats)} {feats.shape[1]}-d {extractor.name} features")
@@ -182,10 +219,9 @@ class EmoCoOp(ClipTrainerBase):
             inits.append(self.init_context_from_glove)
         if self.model_without_ddp.visual_prompts is not None and node.USE_VISUAL_CLUSTERING:
             inits.append(self.init_visual_prompts_from_clusters)
-        hooks.insert(0, InitHook(inits))
+        hooks.append(InitHook(inits))  # priority HIGHEST: runs first
         if self.weighting is not None:
-            at = next(i for i, h in enumerate(hooks) if isinstance(h, EvalHook)) + 1
-            hooks.insert(at, AuxWeightHook(self.weighting, node.WEIGHT_SCORE))
+            hooks.append(AuxWeightHook(self.weighting, node.WEIGHT_SCORE))  # ABOVE_NORMAL: after EvalHook
         return hooks
 
     def _loss(self, logits: torch.Tensor, batch: Dict[str, Any]) -> torch.Tensor:

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any, Dict, Optional
 
 from utils.errors import CheckpointError
 from utils.fileio import atomic_torch_save, atomic_write, safe_torch_load
 
 logger = logging.getLogger(__name__)
+
+#: the file names of the Dassl layout, defined here only
 BEST = "model-best.pth.tar"
+MARKER = "checkpoint"  # a text file naming the latest epoch file
+CKPT_RE = re.compile(r"^model\.pth\.tar-(\d+)$")
 
 
 def ckpt_name(epoch: int) -> str:
@@ -36,13 +41,13 @@ def save_checkpoint(state: Dict[str, Any], model_dir: str, is_best: bool = False
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(fname + "\n")
 
-        atomic_write(os.path.join(model_dir, "checkpoint"), write_marker)
+        atomic_write(os.path.join(model_dir, MARKER), write_marker)
     return path
 
 
 def latest_checkpoint(model_dir: str) -> Optional[str]:
     """Path named by ``model_dir/checkpoint``, or None."""
-    marker = os.path.join(model_dir, "checkpoint")
+    marker = os.path.join(model_dir, MARKER)
     if not os.path.isfile(marker):
         return None
     with open(marker, encoding="utf-8") as f:

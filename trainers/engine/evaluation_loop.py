@@ -22,7 +22,7 @@ logger = logging.getLogger("trainers.engine.trainer")  # one logger name for the
 class EvaluationMixin:
     # ------------------------------------------------------------------ evaluation
     def test(self, split: Optional[str] = None, final: bool = True) -> Dict[str, float]:
-        split = split or self.cfg.TEST.SPLIT
+        split = split or self.settings.test_split
         if split not in ("val", "test"):
             raise ConfigError(f"unknown TEST.SPLIT {split!r} (val or test)")
         return self.evaluate(split, final=final)
@@ -63,7 +63,7 @@ class EvaluationMixin:
             self.evaluator.reset()
             logits = merged.pop("logits")
             self.evaluator.process(logits, merged)
-            if final or self.cfg.TEST.PER_CLASS_RESULT:
+            if final or self.settings.per_class_result:
                 logger.info(f"evaluate on the *{split}* set")
                 results = {k: float(v) for k, v in self.evaluator.evaluate().items()}
             else:  # validation during training: one summary line
@@ -111,7 +111,7 @@ class EvaluationMixin:
                 preds.append({"valence": float(row[0]), "arousal": float(row[1])})
             elif self.task == "multi_label":
                 p = row.sigmoid()
-                preds.append({"classnames": [n for n, v in zip(names, p) if v > self.cfg.TEST.THRESHOLD],
+                preds.append({"classnames": [n for n, v in zip(names, p) if v > self.settings.threshold],
                               "probs": {n: float(v) for n, v in zip(names, p)}})
             else:
                 p = row.softmax(0)

@@ -1,6 +1,6 @@
-"""Checkpoints and run state of :class:`~trainers.engine.trainer.TrainerBase` (a mixin).
+"""Persistence of :class:`~trainers.engine.trainer.TrainerBase`: :class:`PersistenceMixin`.
 
-Saving an epoch (each module's Dassl file, then the ``run_state.json`` commit), the final commit,
+Everything the trainer writes to and reads back from OUTPUT_DIR: saving an epoch (each module's Dassl file, then the ``run_state.json`` commit), the final commit,
 loading weights for evaluation, and resuming from the last committed epoch (or, without a run state,
 from the latest epoch whose files are all readable). See README, "Resuming, reruns and kills".
 """
@@ -24,17 +24,50 @@ from .logger import checkpoint_summary
 logger = logging.getLogger("trainers.engine.trainer")  # one logger name for the whole engine loop
 
 
-class RunStateMixin:
+def hook_names(hooks) -> List[str]:
+    """A stable name per hook: its class name, ``#2``, ``#3``... for later hooks of the same class."""
+    seen: Dict[str, int] = {}
+    out = []
+    for h in hooks:
+        n = type(h).__name__
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
+    return out
+
+
+def match_hook_states(hooks, states: List[Dict[str, Any]], names: Optional[List[str]]) -> List[Dict[str, Any]]:
+    """The saved state of each hook: by name when the checkpoint names them; for a checkpoint
+    without names (written before hooks were ordered by priority) each hook takes the first unused
+    state whose keys are the keys of its own state (or one of its ``LEGACY_STATE_KEYS``), in order."""
+    if names is not None:
+        by_name = dict(zip(names, states))
+        return [by_name.get(n, {}) for n in hook_names(hooks)]
+    free = list(states)
+    out = []
+    for h in hooks:
+        want = [frozenset(h.state_dict())] + list(getattr(h, "LEGACY_STATE_KEYS", ()))
+        i = next((i for i, s in enumerate(free) if isinstance(s, dict) and frozenset(s) in want), None)
+        out.append(free.pop(i) if i is not None else {})
+    return out
+
+
+class PersistenceMixin:
+    """What the trainer writes to OUTPUT_DIR and reads back: epoch checkpoints and the run-state
+    commit, the final commit, loading weights, and resuming (see :mod:`trainers.engine.runstate`)."""
+
     # ------------------------------------------------------------------ checkpoints
     def extra_state(self) -> Dict[str, Any]:
-        """Engine state saved with every epoch: hook state, ``stop_training`` and the RNG state."""
+        """Engine state saved with every epoch: hook state (in run order, with the hooks' names),
+        ``stop_training`` and the RNG state."""
         import random
 
         import numpy as np
 
         np_state = np.random.get_state()
+        hooks = getattr(self, "hooks", [])
         return {
-            "hooks": [h.state_dict() for h in getattr(self, "hooks", [])],
+            "hooks": [h.state_dict() for h in hooks],
+            "hook_names": hook_names(hooks),
             "stop_training": bool(self.stop_training),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -45,7 +78,7 @@ class RunStateMixin:
         }
 
     def load_extra_state(self, state: Dict[str, Any]) -> None:
-        for h, s in zip(self.hooks, state.get("hooks", [])):
+        for h, s in zip(self.hooks, match_hook_states(self.hooks, state.get("hooks", []), state.get("hook_names"))):
             h.load_state_dict(s)
         self._stop = bool(state.get("stop_training", False))
         rng = state.get("rng")
@@ -87,7 +120,7 @@ class RunStateMixin:
                                                    atomic_torch_save(st, p)), path)
             files[name] = os.path.join(name, ckpt_name(epoch))
             killpoint(f"after_save:{name}", epoch)
-        period = self.cfg.TRAIN.CHECKPOINT_FREQ
+        period = self.settings.checkpoint_freq
         alive_prev = [k for k in prev.get("alive", []) if k != epoch]
         alive = sorted({k for k in alive_prev if period > 0 and k % period == 0} | {epoch})
         held = list(self.writer.held or [])
@@ -107,7 +140,7 @@ class RunStateMixin:
         }
         self._write(lambda: runstate.write_manifest(out, manifest), os.path.join(out, runstate.MANIFEST))
         self.manifest, self.records = manifest, manifest["records"]
-        runstate.LAST_COMMIT.update(dir=out, epoch=epoch, finished=False)
+        self.last_commit = {"dir": out, "epoch": epoch, "finished": False}
         killpoint("after_commit", epoch)
         self._write(lambda: runstate.apply_commit(out, manifest), out)
         killpoint("before_records", epoch)
@@ -135,7 +168,7 @@ class RunStateMixin:
         out = self.output_dir
         self._write(lambda: runstate.write_manifest(out, manifest), os.path.join(out, runstate.MANIFEST))
         self.manifest, self.records = manifest, manifest["records"]
-        runstate.LAST_COMMIT.update(dir=out, epoch=manifest["epoch"], finished=True)
+        self.last_commit = {"dir": out, "epoch": manifest["epoch"], "finished": True}
         killpoint("after_final_commit")
         self._write(lambda: self.writer.append(held), self.writer.path)
         if self.writer.held is not None:
@@ -247,7 +280,7 @@ class RunStateMixin:
                 self._write(lambda: runstate.write_manifest(directory, m), os.path.join(directory, runstate.MANIFEST))
         if self.is_main:
             self._write(lambda: self.writer.rewrite(self.records), self.writer.path)
-        runstate.LAST_COMMIT.update(dir=self.output_dir, epoch=epoch, finished=False)
+        self.last_commit = {"dir": self.output_dir, "epoch": epoch, "finished": False}
         logger.info(f"resumed from {directory} at epoch {epoch}"
                     + (" (training had stopped early)" if self.stop_training else ""))
         return epoch

@@ -29,13 +29,12 @@ from typing import Any, Dict, List, Optional, Sequence
 from utils.errors import CheckpointError, ConfigError, EmoLabError
 from utils.fileio import atomic_write
 
+from .checkpoint import BEST, CKPT_RE, MARKER, ckpt_name  # noqa: F401  (the Dassl names, defined once there)
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "run_state.json"
 EVAL_RECORDS = "eval.jsonl"
-CKPT_RE = re.compile(r"^model\.pth\.tar-(\d+)$")
-BEST = "model-best.pth.tar"
-MARKER = "checkpoint"
 
 #: config keys that cannot change a run's results: a rerun may change them and still resume
 NON_RESULT_KEYS = (
@@ -44,11 +43,6 @@ NON_RESULT_KEYS = (
     "DATALOADER.NUM_WORKERS", "DATALOADER.PIN_MEMORY", "DATALOADER.PREFETCH_FACTOR",
     "DATALOADER.DECODED_CACHE_DIR", "CACHE.DIR", "TRAINER.EMOCOOP.CLUSTER_CACHE_DIR",
 )
-
-#: the run in progress in this process: where it can resume (for the Ctrl-C line)
-LAST_COMMIT: Dict[str, Any] = {}
-#: "train" or "eval" (set by train.py before the trainer is built)
-MODE = {"value": "train"}
 
 
 class OutputError(EmoLabError):
@@ -146,14 +140,14 @@ def apply_commit(directory: str, manifest: Dict[str, Any]) -> None:
     for name in manifest.get("modules", []):
         model_dir = os.path.join(directory, name)
         best = manifest.get("best_epoch")
-        src = os.path.join(model_dir, f"model.pth.tar-{best}")
+        src = os.path.join(model_dir, ckpt_name(best))
         if best is not None and os.path.isfile(src):
             if not _same_file(src, os.path.join(model_dir, BEST)):
                 link_or_copy(src, os.path.join(model_dir, BEST))
         if epoch > 0:
-            write_marker(model_dir, f"model.pth.tar-{epoch}")
+            write_marker(model_dir, ckpt_name(epoch))
         for k in manifest.get("obsolete", []):
-            path = os.path.join(model_dir, f"model.pth.tar-{k}")
+            path = os.path.join(model_dir, ckpt_name(k))
             if os.path.isfile(path):
                 os.remove(path)
 
@@ -229,8 +223,9 @@ def _flat(d: Any, prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-def config_changes(saved_path: str, cfg) -> List[str]:
-    """Keys whose values differ between the saved ``config.yaml`` and ``cfg`` (NON_RESULT_KEYS excepted)."""
+def config_changes(saved_path: str, config_yaml: str) -> List[str]:
+    """Keys whose values differ between the saved ``config.yaml`` and ``config_yaml`` (the running
+    config, as ``cfg.dump()`` writes it; NON_RESULT_KEYS excepted)."""
     import yaml
 
     try:
@@ -238,7 +233,7 @@ def config_changes(saved_path: str, cfg) -> List[str]:
             saved = yaml.safe_load(f) or {}
     except (OSError, ValueError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read the run's config {saved_path}: {str(e).splitlines()[0]}") from None
-    now = yaml.safe_load(cfg.dump())
+    now = yaml.safe_load(config_yaml)
     a, b = _flat(saved), _flat(now)
     changed = []
     for k in sorted(set(a) & set(b)):
@@ -275,10 +270,10 @@ def clear_run(directory: str) -> List[str]:
     return removed
 
 
-def check_rerun(cfg, restart: bool, eval_only: bool) -> Optional[str]:
-    """Decide what a start into ``cfg.OUTPUT_DIR`` does. Returns ``"fresh"``, ``"resume"``,
-    ``"finished"`` (nothing to do); raises a one-line ConfigError when the config changed."""
-    out = cfg.OUTPUT_DIR
+def check_rerun(out: str, config_yaml: str, restart: bool, eval_only: bool) -> Optional[str]:
+    """Decide what a start into OUTPUT_DIR ``out`` with the config ``config_yaml`` (``cfg.dump()``)
+    does. Returns ``"fresh"``, ``"restart"``, ``"resume"`` or ``"finished"`` (nothing to do); raises a
+    one-line ConfigError when the config changed."""
     if eval_only or not holds_run(out):
         return "fresh"
     if restart:
@@ -287,7 +282,7 @@ def check_rerun(cfg, restart: bool, eval_only: bool) -> Optional[str]:
     if not os.path.isfile(saved):
         raise ConfigError(f"OUTPUT_DIR {out} holds checkpoints or metrics but no config.yaml, so this run cannot be "
                           "checked against it: use a new --output-dir, or --restart to start over there")
-    changes = config_changes(saved, cfg)
+    changes = config_changes(saved, config_yaml)
     if changes:
         shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
         raise ConfigError(f"OUTPUT_DIR {out} holds a run with another config ({shown}): resume it with the same "
@@ -313,7 +308,7 @@ def scan_checkpoints(directory: str, modules: Sequence[str]) -> Optional[int]:
         ok = True
         for name in modules:
             try:
-                ck = load_checkpoint(os.path.join(directory, name, f"model.pth.tar-{k}"))
+                ck = load_checkpoint(os.path.join(directory, name, ckpt_name(k)))
             except CheckpointError:
                 ok = False
                 break

@@ -6,7 +6,8 @@ A trainer subclasses :class:`TrainerBase` and writes the method only:
   trains (only those are optimised and saved);
 * ``compute_loss(batch) -> dict`` returns at least ``{"loss": tensor}`` (other scalars are logged);
 * ``inference(batch) -> Tensor[B, C]`` (default ``self.model(batch["img"])``);
-* optionally ``build_hooks()`` (extra periodic behaviour) or ``train_step`` (e.g. two optimisers).
+* optionally ``build_hooks()`` (extra periodic behaviour; each hook declares its ``priority``, see
+  :mod:`trainers.engine.hooks`) or ``train_step`` (e.g. two optimisers).
 
 The engine owns the rest: data, device moves, autocast and grad scaling, clipping, LR
 schedules, progress and logs, evaluation (exactly once per sample across processes),
@@ -18,7 +19,8 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -30,10 +32,10 @@ from trainers.evaluation import build_evaluator
 from . import dist, plots
 from .data import DataAccess, build_data_and_loaders
 from .evaluation_loop import EvaluationMixin
-from .persistence import RunStateMixin
+from .persistence import PersistenceMixin
 from . import runstate
-from .checkpoint import ckpt_name
-from .hooks import CheckpointHook, EvalHook, HookBase, LRSchedulerHook, ProgressHook
+from .checkpoint import BEST, ckpt_name
+from .hooks import CheckpointHook, EvalHook, HookBase, LRSchedulerHook, ProgressHook, insert_by_priority
 from .logger import MetricsWriter
 from utils.progress import progress, set_progress_enabled
 from .optim import build_lr_scheduler, build_optimizer
@@ -56,21 +58,72 @@ def keep_frozen_in_eval(module: nn.Module) -> None:
             keep_frozen_in_eval(child)
 
 
-class TrainerBase(DataAccess, RunStateMixin, EvaluationMixin):
-    """Engine base class. See the module docstring for what a trainer provides."""
+#: what a trainer is built for: "train" (a training run) or "eval" (``--eval-only``)
+MODES = ("train", "eval")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """The engine's settings, read from the config once when the trainer is built."""
+
+    output_dir: str
+    resume: str
+    use_cuda: bool
+    dist_timeout: float
+    max_epoch: int
+    seed: int
+    progress_bar: bool
+    compile: bool
+    train_batch_size: int
+    optim: Any  # the OPTIM node, handed to build_optimizer / build_lr_scheduler
+    fused: bool
+    max_grad_norm: float
+    print_freq: int
+    eval_freq: int
+    checkpoint_freq: int
+    final_model: str
+    no_test: bool
+    test_split: str
+    per_class_result: bool
+    threshold: float
+
+    @classmethod
+    def from_config(cls, cfg) -> "EngineSettings":
+        if cfg.TEST.FINAL_MODEL not in ("best_val", "last_step"):
+            raise ConfigError(f"unknown TEST.FINAL_MODEL {cfg.TEST.FINAL_MODEL!r} (last_step or best_val)")
+        return cls(
+            output_dir=cfg.OUTPUT_DIR, resume=cfg.RESUME, use_cuda=bool(cfg.USE_CUDA),
+            dist_timeout=float(getattr(cfg.TRAIN, "DIST_TIMEOUT", 600.0)), max_epoch=int(cfg.OPTIM.MAX_EPOCH),
+            seed=int(cfg.SEED), progress_bar=bool(cfg.TRAIN.PROGRESS_BAR), compile=bool(cfg.TRAIN.COMPILE),
+            train_batch_size=int(cfg.DATALOADER.TRAIN_X.BATCH_SIZE), optim=cfg.OPTIM, fused=bool(cfg.OPTIM.FUSED),
+            max_grad_norm=float(cfg.OPTIM.MAX_GRAD_NORM), print_freq=int(cfg.TRAIN.PRINT_FREQ),
+            eval_freq=int(cfg.TRAIN.EVAL_FREQ), checkpoint_freq=int(cfg.TRAIN.CHECKPOINT_FREQ),
+            final_model=cfg.TEST.FINAL_MODEL, no_test=bool(cfg.TEST.NO_TEST), test_split=cfg.TEST.SPLIT,
+            per_class_result=bool(cfg.TEST.PER_CLASS_RESULT), threshold=float(cfg.TEST.THRESHOLD),
+        )
+
+
+class TrainerBase(DataAccess, PersistenceMixin, EvaluationMixin):
+    """Engine base class. See the module docstring for what a trainer provides.
+
+    ``mode`` is what the trainer is built for: ``"train"`` or ``"eval"`` (``--eval-only``: metrics go
+    to ``eval.jsonl`` when the folder holds a training run, no TensorBoard)."""
 
     #: targets the trainer needs, by task; checked against the dataset at start-up
     TASK_TARGETS = {"single_label": {"label"}, "multi_label": {"labels"}}
     #: passed to DistributedDataParallel
     find_unused_parameters = False
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg, mode: str = "train") -> None:
+        if mode not in MODES:
+            raise ValueError(f"trainer mode must be one of {MODES}, got {mode!r}")
         self.cfg = cfg
-        self.device = dist.init_distributed(cfg.USE_CUDA, float(getattr(cfg.TRAIN, "DIST_TIMEOUT", 600.0)))
+        self.settings = s = EngineSettings.from_config(cfg)
+        self.device = dist.init_distributed(s.use_cuda, s.dist_timeout)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0
-        self.output_dir = cfg.OUTPUT_DIR
-        self.max_epoch = cfg.OPTIM.MAX_EPOCH
+        self.output_dir = s.output_dir
+        self.max_epoch = s.max_epoch
         self.start_epoch = self.epoch = 0
         self.batch_idx, self.num_batches = 0, 0
         self.precision = resolve_precision(self.precision_setting(), self.device)
@@ -79,7 +132,9 @@ class TrainerBase(DataAccess, RunStateMixin, EvaluationMixin):
         self._scheds: Dict[str, Any] = OrderedDict()
         self.is_best, self.last_val = False, None
         self._stop = False  # a hook (e.g. early stopping) sets stop_training to end training after the epoch
-        self.evaluating_only = runstate.MODE["value"] == "eval"
+        self.evaluating_only = mode == "eval"
+        #: the last commit of this trainer's run: {"dir", "epoch", "finished"} (for the Ctrl-C line)
+        self.last_commit: Dict[str, Any] = {}
         self.writer = MetricsWriter(self.output_dir, enabled=self.is_main, tensorboard=not self.evaluating_only)
         if self.evaluating_only and runstate.holds_run(self.output_dir):
             self.writer.path = os.path.join(self.output_dir, runstate.EVAL_RECORDS)  # never the run's metrics
@@ -88,29 +143,31 @@ class TrainerBase(DataAccess, RunStateMixin, EvaluationMixin):
         self.records: List[Dict[str, Any]] = []  # committed metrics records
         self.manifest: Optional[Dict[str, Any]] = None  # the last committed run state
         self.loaded_checkpoint: Optional[Dict[str, Any]] = None  # what load_model loaded last
-        if not cfg.TRAIN.PROGRESS_BAR:
+        if not s.progress_bar:
             set_progress_enabled(False)
-        if cfg.SEED >= 0:
-            set_seed(cfg.SEED)
+        if s.seed >= 0:
+            set_seed(s.seed)
         self.build_data()
         if self.world_size > 1:
-            bs = cfg.DATALOADER.TRAIN_X.BATCH_SIZE
+            bs = s.train_batch_size
             logger.info(f"distributed: world size {self.world_size}, backend {torch.distributed.get_backend()}, "
                         f"batch {bs} per process = {bs * self.world_size} effective")
         self.build_model()
         self._check_registered()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.after_build()
-        if cfg.TRAIN.COMPILE:
+        if s.compile:
             self.model = torch.compile(self.model)
         self._wrap_ddp()
         self.hooks: List[HookBase] = []
-        hooks = list(self.build_hooks())
-        # the checkpoint hook commits the epoch, so it runs after every other hook's after_epoch
-        hooks = [h for h in hooks if not isinstance(h, CheckpointHook)] + [h for h in hooks if isinstance(h, CheckpointHook)]
-        for h in hooks:
-            h.trainer = self
-            self.hooks.append(h)
+        for h in self.build_hooks():
+            self.register_hook(h)
+
+    def register_hook(self, hook: HookBase, priority: Union[int, str, None] = None) -> None:
+        """Add ``hook`` at its place: by ``priority`` (else the hook's declared one; see
+        :mod:`trainers.engine.hooks`), after the hooks of equal priority registered before it."""
+        hook.trainer = self
+        insert_by_priority(self.hooks, hook, priority)
 
     @property
     def stop_training(self) -> bool:
@@ -141,13 +198,14 @@ class TrainerBase(DataAccess, RunStateMixin, EvaluationMixin):
         """Called once data and model exist (e.g. to replace image loaders by cached features)."""
 
     def build_hooks(self) -> List[HookBase]:
-        """The default hooks; trainers append their own (mind the order)."""
-        cfg = self.cfg
+        """The default hooks; trainers add their own to the list (each hook's ``priority`` sets
+        where it runs, so the list order matters only between hooks of equal priority)."""
+        s = self.settings
         return [
             LRSchedulerHook(),
-            EvalHook(cfg.TRAIN.EVAL_FREQ),
-            CheckpointHook(cfg.TRAIN.CHECKPOINT_FREQ),
-            ProgressHook(cfg.TRAIN.PRINT_FREQ),
+            EvalHook(s.eval_freq),
+            CheckpointHook(s.checkpoint_freq),
+            ProgressHook(s.print_freq),
         ]
 
     @classmethod
@@ -182,10 +240,10 @@ class TrainerBase(DataAccess, RunStateMixin, EvaluationMixin):
         self._models[name] = module
         if optim == "default":
             params = [p for p in module.parameters() if p.requires_grad]
-            fused = bool(self.cfg.OPTIM.FUSED) and self.device.type == "cuda"
-            optim = build_optimizer(params, self.cfg.OPTIM, fused=fused)
+            fused = self.settings.fused and self.device.type == "cuda"
+            optim = build_optimizer(params, self.settings.optim, fused=fused)
         if sched == "default":
-            sched = build_lr_scheduler(optim, self.cfg.OPTIM, len(self.train_loader)) if optim is not None else None
+            sched = build_lr_scheduler(optim, self.settings.optim, len(self.train_loader)) if optim is not None else None
         self._optims[name] = optim
         self._scheds[name] = sched
 
@@ -238,7 +296,7 @@ class TrainerBase(DataAccess, RunStateMixin, EvaluationMixin):
         for o in optims:
             o.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        max_norm = self.cfg.OPTIM.MAX_GRAD_NORM
+        max_norm = self.settings.max_grad_norm
         if max_norm > 0:
             for o in optims:
                 self.scaler.unscale_(o)
@@ -263,7 +321,8 @@ class TrainerBase(DataAccess, RunStateMixin, EvaluationMixin):
 
     def train(self) -> Dict[str, float]:
         """Run the epochs, then the final test; returns the final test metrics."""
-        resume_dir = self.cfg.RESUME or self.output_dir
+        s = self.settings
+        resume_dir = s.resume or self.output_dir
         self.start_epoch = self.resume_if_possible(resume_dir)
         if self.start_epoch == 0 and self.is_main:
             # an empty run state first: from now on only committed epochs count (files alone do not)
@@ -280,8 +339,8 @@ class TrainerBase(DataAccess, RunStateMixin, EvaluationMixin):
             logger.info(f"training had stopped early after epoch {self.start_epoch}: going to the final test")
             epochs = range(0)
         for self.epoch in epochs:
-            if self.cfg.SEED >= 0:
-                set_seed(self.cfg.SEED * 1000 + self.epoch)
+            if s.seed >= 0:
+                set_seed(s.seed * 1000 + self.epoch)
             if hasattr(self.train_loader.sampler, "set_epoch"):
                 self.train_loader.sampler.set_epoch(self.epoch)
             self.set_model_mode("train")
@@ -299,7 +358,7 @@ class TrainerBase(DataAccess, RunStateMixin, EvaluationMixin):
                 bad_now = ~torch.isfinite(out["loss"].float())
                 self._first_bad = torch.where((self._first_bad < 0) & bad_now, step_dev, self._first_bad)
                 self.meters.update(out)
-                if (self.batch_idx + 1) % max(1, self.cfg.TRAIN.PRINT_FREQ) == 0:
+                if (self.batch_idx + 1) % max(1, s.print_freq) == 0:
                     self._check_finite()
                 self._call("after_step")
             self._check_finite()
@@ -321,17 +380,14 @@ class TrainerBase(DataAccess, RunStateMixin, EvaluationMixin):
     def final_test(self) -> Dict[str, float]:
         """Test the model TEST.FINAL_MODEL names, then commit the run as finished (records which
         checkpoint was tested, so ``--eval-only`` evaluates the same one)."""
-        if self.cfg.TEST.FINAL_MODEL not in ("best_val", "last_step"):
-            raise ConfigError(f"unknown TEST.FINAL_MODEL {self.cfg.TEST.FINAL_MODEL!r} (last_step or best_val)")
+        s = self.settings
         last = (self.manifest or {}).get("epoch", 0)
         used = {"file": ckpt_name(last), "epoch": last} if self._models and last else None
-        if self.cfg.TEST.NO_TEST:
+        if s.no_test:
             self._commit_final({}, used)
             return {}
-        if self.cfg.TEST.FINAL_MODEL == "best_val":
-            if self.has_val and any(
-                os.path.isfile(os.path.join(self.output_dir, n, "model-best.pth.tar")) for n in self._models
-            ):
+        if s.final_model == "best_val":
+            if self.has_val and any(os.path.isfile(os.path.join(self.output_dir, n, BEST)) for n in self._models):
                 logger.info("loading the best validation model for the final test")
                 self.load_model(self.output_dir, epoch=None)
                 used = self.loaded_checkpoint

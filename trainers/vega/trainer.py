@@ -25,7 +25,7 @@ from datasets import DATASET_REGISTRY
 from datasets.conversation.features import ConversationFeatures
 from datasets.conversation.loader import build_dialogue_loader
 from trainers.components.anchors import AnchorBank, describe, load_anchors, match_anchors
-from trainers.engine import EvalHook, HookBase, TrainerBase
+from trainers.engine import EarlyStoppingHook, HookBase, TrainerBase
 from trainers.engine.data import LoaderOptions, build_data_bundle
 from trainers.registry import TRAINER_REGISTRY
 from trainers.vega.model import MODALITIES, VEGALossSettings, VEGANet, vega_loss
@@ -105,30 +105,6 @@ def vega_dropouts(node) -> Dict[str, float]:
     pick = lambda v: base if float(v) < 0 else float(v)  # noqa: E731
     return {"dropout": pick(node.TRANSFORMER_DROPOUT), "head_dropout": pick(node.HEAD_DROPOUT),
             "anchor_dropout": float(node.ANCHOR_DROPOUT)}
-
-
-class EarlyStoppingHook(HookBase):
-    """Stops training when the validated epochs without a new best exceed ``patience`` (i.e. after
-    ``patience + 1`` of them, as the released VEGA code counts); must follow EvalHook."""
-
-    def __init__(self, patience: int) -> None:
-        self.patience = patience
-        self.bad_epochs = 0
-
-    def after_epoch(self) -> None:
-        t = self.trainer
-        if self.patience <= 0 or t.last_val is None:
-            return
-        self.bad_epochs = 0 if t.is_best else self.bad_epochs + 1
-        if self.bad_epochs > self.patience:  # released VEGA: "more than patience" bad epochs
-            logger.info(f"early stopping: no better validation {t.evaluator.main_metric} for {self.bad_epochs} evaluations")
-            t.stop_training = True
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {"bad_epochs": self.bad_epochs}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.bad_epochs = int(state.get("bad_epochs", 0))
 
 
 def dialogue_loaders(dialogues, is_train: bool, o: LoaderOptions, transform=None):
@@ -227,9 +203,8 @@ class VEGA(TrainerBase):
 
     def build_hooks(self) -> List[HookBase]:
         hooks = super().build_hooks()
-        at = next(i for i, h in enumerate(hooks) if isinstance(h, EvalHook)) + 1
-        hooks.insert(at, EarlyStoppingHook(int(self.cfg.TRAINER.VEGA.PATIENCE)))
-        return hooks
+        patience = int(self.cfg.TRAINER.VEGA.PATIENCE)  # on the main metric, any gain counts (the released rule)
+        return hooks + ([EarlyStoppingHook(None, patience, "max", 0.0)] if patience > 0 else [])
 
     # ------------------------------------------------------------------ steps
     def _bank(self) -> Optional[AnchorBank]:
