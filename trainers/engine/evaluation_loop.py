@@ -104,18 +104,5 @@ class EvaluationMixin:
                 outs.append(self.inference({"img": x}).float().cpu())
         self.set_model_mode("train")
         out = torch.cat(outs) if outs else torch.zeros(0, self.num_classes)
-        names = list(self.classnames)
-        preds: List[Dict[str, Any]] = []
-        for row in out:
-            if type(self.evaluator).__name__ == "ValenceArousal":
-                preds.append({"valence": float(row[0]), "arousal": float(row[1])})
-            elif self.task == "multi_label":
-                p = row.sigmoid()
-                preds.append({"classnames": [n for n, v in zip(names, p) if v > self.settings.threshold],
-                              "probs": {n: float(v) for n, v in zip(names, p)}})
-            else:
-                p = row.softmax(0)
-                k = int(p.argmax())
-                preds.append({"classname": names[k], "label": k, "probs": {n: float(v) for n, v in zip(names, p)}})
-        return preds
+        return self.evaluator.describe(out, self.task, self.settings.threshold)
 

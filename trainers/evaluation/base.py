@@ -111,6 +111,26 @@ class EvaluatorBase:
             return [P.plot_per_class_f1(results, ctx.directory, ctx.split, ctx.title, ctx.writer)]
         return []
 
+    def describe(self, outputs: Tensor, task: str, threshold: float) -> List[Dict[str, Any]]:
+        """One readable prediction per row of model outputs ``[N, C]`` (what ``trainer.predict`` returns).
+
+        Single-label: ``classname``, ``label`` and ``probs`` (softmax); multi-label: ``classnames`` whose
+        sigmoid exceeds ``threshold`` and ``probs``. An evaluator whose outputs are not class scores
+        (valence / arousal regression) overrides this.
+        """
+        names = list(self.classnames)
+        preds: List[Dict[str, Any]] = []
+        for row in outputs:
+            if task == "multi_label":
+                p = row.sigmoid()
+                preds.append({"classnames": [n for n, v in zip(names, p) if v > threshold],
+                              "probs": {n: float(v) for n, v in zip(names, p)}})
+            else:
+                p = row.softmax(0)
+                k = int(p.argmax())
+                preds.append({"classname": names[k], "label": k, "probs": {n: float(v) for n, v in zip(names, p)}})
+        return preds
+
     def state(self) -> Dict[str, Any]:
         """Non-scalar results of the last :meth:`evaluate` (JSON-serialisable), for the caller to save."""
         return dict(self._state)

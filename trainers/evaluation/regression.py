@@ -184,6 +184,10 @@ class ValenceArousal(EvaluatorBase):
             names.append("va_class_accuracy")
         return names + ["class_accuracy", "class_weighted_jaccard"]
 
+    def describe(self, outputs: Tensor, task: str, threshold: float) -> List[Dict[str, Any]]:
+        """``valence`` / ``arousal`` of each row (the model's two regression outputs)."""
+        return [{"valence": float(row[0]), "arousal": float(row[1])} for row in outputs]
+
     def plots(self, ctx: Any, results: Dict[str, float]) -> List[Optional[str]]:
         """``va_scatter_<split>.png`` (predicted vs true valence and arousal), then the base figures."""
         from trainers.engine import plots as P
