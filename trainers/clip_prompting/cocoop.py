@@ -8,6 +8,7 @@ from __future__ import annotations
 from configs.registry import register_config
 from trainers.clip_prompting.base import build_clip_backbone
 from trainers.clip_prompting.coop import CoOp, build_prompted_clip
+from trainers.clip_prompting.coop_checkpoint import use_official_names
 from trainers.registry import TRAINER_REGISTRY
 
 
@@ -38,4 +39,4 @@ class CoCoOp(CoOp):
             clip, self.classnames, node, node.CONTEXT,
             hidden_ratio=node.META_HIDDEN_RATIO, dropout=node.META_DROPOUT,
         )
-        self.register_model("prompt_learner", self.model.prompt_learner)
+        self.register_model("prompt_learner", use_official_names(self.model.prompt_learner))

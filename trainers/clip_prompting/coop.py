@@ -8,6 +8,7 @@ import torch
 
 from configs.registry import register_config
 from trainers.clip_prompting.base import ClipTrainerBase, build_clip_backbone
+from trainers.clip_prompting.coop_checkpoint import use_official_names
 from trainers.components.context import CONTEXT_GENERATORS
 from trainers.components.prompt_learner import PromptedCLIP, PromptLearner, context_from_words
 from trainers.registry import TRAINER_REGISTRY
@@ -57,8 +58,13 @@ class CoOp(ClipTrainerBase):
     def build_model(self) -> None:
         clip = build_clip_backbone(self.cfg, self.device)
         node = self.node()
-        self.model = build_prompted_clip(clip, self.classnames, node, node.CONTEXT, csc=getattr(node, "CSC", False))
-        self.register_model("prompt_learner", self.model.prompt_learner)
+        csc = getattr(node, "CSC", False)
+        if csc and node.CTX_INIT:  # the official PromptLearner ignores CSC when CTX_INIT is given
+            logger.warning("CSC True with CTX_INIT: one context shared by all classes, initialised from the words "
+                           "(the official CoOp ignores CSC when CTX_INIT is given); unset CTX_INIT for class-specific")
+            csc = False
+        self.model = build_prompted_clip(clip, self.classnames, node, node.CONTEXT, csc=csc)
+        self.register_model("prompt_learner", use_official_names(self.model.prompt_learner))
 
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         return {"loss": self.classification_loss(self.forward_batch(batch), batch)}
