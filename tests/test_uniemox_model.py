@@ -111,10 +111,10 @@ def test_released_fusion_formula():
     fusion = build_fusion("released", 4)
     a, b = torch.randn(3, 4), torch.randn(3, 4)
     ln = fusion.bn
-    want = F.elu(fusion.fc(ln(a) + ln(b)))
+    want = F.elu(fusion.linear(ln(a) + ln(b)))
     assert torch.allclose(fusion(a, b), want)
-    assert sorted(k for k in fusion.state_dict()) == ["bn.bias", "bn.weight", "fc.bias", "fc.weight"]
-    assert torch.equal(fusion.fc.bias, torch.zeros(4))
+    assert sorted(k for k in fusion.state_dict()) == ["bn.bias", "bn.weight", "linear.bias", "linear.weight"]
+    assert torch.equal(fusion.linear.bias, torch.zeros(4))
     assert torch.allclose(build_fusion("mean", 4)(a, b), (a + b) / 2)
     for name in ("concat_linear", "gated"):
         assert build_fusion(name, 4)(a, b).shape == (3, 4)

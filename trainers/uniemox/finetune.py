@@ -181,8 +181,8 @@ class UniEmoX(TrainerBase):
     # ------------------------------------------------------------------ weights
     def load_model(self, directory: str, epoch=None) -> None:
         """``--model-dir``: an EmoLab run folder, or any single checkpoint file (released fine-tuned files)."""
-        if os.path.isfile(directory):
-            load_into_classifier(self.model_without_ddp, directory, bool(self.node().GLOBAL_POOL))
+        if os.path.isfile(directory):  # evaluation: the file must hold a head for these classes
+            load_into_classifier(self.model_without_ddp, directory, bool(self.node().GLOBAL_POOL), require_head=True)
         else:
             super().load_model(directory, epoch)
         self.weights_pending = False
