@@ -161,6 +161,8 @@ def load_into_classifier(vit: nn.Module, path: str, global_pool: bool = True, re
                               f"TRAINER.UNIEMOX.GLOBAL_POOL {setting}")
     own = vit.state_dict()
     drop = ("mask_token",) + (("norm.weight", "norm.bias") if global_pool else ())
+    if global_pool and "norm.weight" in state:  # kept for the released layout (released_names.py)
+        vit.released_norm = {k: state[k].detach().clone() for k in ("norm.weight", "norm.bias") if k in state}
     state = {k: v for k, v in state.items() if k not in drop and not k.startswith("decoder_")}
     if "pos_embed" in state and "pos_embed" in own and state["pos_embed"].shape != own["pos_embed"].shape \
             and state["pos_embed"].shape[-1] == own["pos_embed"].shape[-1]:

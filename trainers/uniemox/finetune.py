@@ -193,4 +193,11 @@ class UniEmoX(TrainerBase):
         if self.weights_pending and not resumable:
             raise ConfigError("TRAINER.UNIEMOX.INIT is empty: give a pre-trained or fine-tuned checkpoint "
                               "(file or run folder), or 'random' to start from random weights")
-        return super().train()
+        results = super().train()
+        if self.is_main:  # the tested classifier, loadable by the released --eval (released_names.py)
+            from .released_names import RELEASED_FINETUNED_NAME, write_released_classifier
+
+            vit = self.model_without_ddp
+            write_released_classifier(os.path.join(self.output_dir, RELEASED_FINETUNED_NAME), vit,
+                                      bool(self.node().GLOBAL_POOL), getattr(vit, "released_norm", None))
+        return results
