@@ -254,3 +254,25 @@ def test_infer_without_a_weight_file_is_one_line(tmp_path):
 
     with pytest.raises(ConfigError, match="infer needs MODEL.BACKBONE.PRETRAINED"):
         load_clip("infer", pretrained=str(tmp_path / "missing.pt"))
+
+
+def test_resnet_architecture_inferred_from_an_openai_state_dict(tmp_path):
+    """OpenAI's ResNet rules: blocks per stage, width, resolution = 32 x the attention pool's grid."""
+    import open_clip
+
+    from clip import load_clip
+    from clip.openai_arch import infer_config
+
+    torch.manual_seed(0)
+    src = open_clip.model.CLIP(embed_dim=32, vision_cfg={"layers": [1, 2, 1, 1], "width": 16, "image_size": 64},
+                               text_cfg={"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1,
+                                         "layers": 1}, quick_gelu=True).eval()
+    state = {k: v for k, v in src.state_dict().items() if k != "attn_mask"}
+    conf = infer_config(state)
+    assert conf["vision_cfg"] == {"image_size": 64, "layers": [1, 2, 1, 1], "width": 16, "patch_size": None}
+    assert conf["text_cfg"]["heads"] == 1 and conf["quick_gelu"] is True and conf["embed_dim"] == 32
+    torch.save(state, tmp_path / "rn.pt")  # no metadata entries: inference does not need them
+    clip = load_clip("infer", pretrained=str(tmp_path / "rn.pt"))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(clip.encode_image(x), src.encode_image(x), atol=1e-5)

@@ -117,6 +117,7 @@ def build_caption(attrs: Mapping[str, Any], emotion: str, max_tokens: int = MAX_
 def _fingerprint(clip: Any, captions: Sequence[str]) -> str:
     """Key of a text-embedding cache: the CLIP architecture, a checksum of its text weights, the captions."""
     h = hashlib.sha256()
+    h.update(b"v2: float32 table + index\0")  # the earlier layout (per-image rows, fp16 when large) is not reused
     h.update(str(getattr(clip, "model_name", "")).encode())
     with torch.no_grad():
         for t in (clip.token_embedding.weight, clip.model.text_projection, clip.model.ln_final.weight):
@@ -140,7 +141,7 @@ def caption_embeddings(clip: Any, captions: Sequence[str], cache_dir: str = "", 
     """
     path = ""
     if cache_dir:
-        path = os.path.join(cache_dir, f"captions-v2-{_fingerprint(clip, captions)}.pt")
+        path = os.path.join(cache_dir, f"captions-{_fingerprint(clip, captions)}.pt")
         if os.path.isfile(path):
             from .checkpoints import read_checkpoint
 
