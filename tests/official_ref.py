@@ -44,11 +44,11 @@ class QuickGELU(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, width: int, heads: int, mask: Optional[torch.Tensor]):
+    def __init__(self, width: int, heads: int, mask: Optional[torch.Tensor], act=QuickGELU):
         super().__init__()
         self.attn = nn.MultiheadAttention(width, heads)
         self.ln_1 = LayerNorm(width)
-        self.mlp = nn.Sequential(OrderedDict([("c_fc", nn.Linear(width, 4 * width)), ("gelu", QuickGELU()),
+        self.mlp = nn.Sequential(OrderedDict([("c_fc", nn.Linear(width, 4 * width)), ("gelu", act()),
                                               ("c_proj", nn.Linear(4 * width, width))]))
         self.ln_2 = LayerNorm(width)
         self.mask = mask
@@ -61,23 +61,23 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, mask: Optional[torch.Tensor] = None):
+    def __init__(self, width: int, layers: int, heads: int, mask: Optional[torch.Tensor] = None, act=QuickGELU):
         super().__init__()
-        self.resblocks = nn.Sequential(*[Block(width, heads, mask) for _ in range(layers)])
+        self.resblocks = nn.Sequential(*[Block(width, heads, mask, act) for _ in range(layers)])
 
     def forward(self, x):
         return self.resblocks(x)
 
 
 class Visual(nn.Module):
-    def __init__(self, resolution: int, patch: int, width: int, layers: int, heads: int, out_dim: int):
+    def __init__(self, resolution: int, patch: int, width: int, layers: int, heads: int, out_dim: int, act=QuickGELU):
         super().__init__()
         self.input_resolution, self.output_dim = resolution, out_dim
         self.conv1 = nn.Conv2d(3, width, patch, patch, bias=False)
         self.class_embedding = nn.Parameter(torch.zeros(width))
         self.positional_embedding = nn.Parameter(torch.zeros((resolution // patch) ** 2 + 1, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
+        self.transformer = Transformer(width, layers, heads, act=act)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(torch.zeros(width, out_dim))
 
@@ -92,11 +92,12 @@ class Visual(nn.Module):
 
 
 class OpenAIClip(nn.Module):
-    def __init__(self, embed, res, v_layers, v_width, patch, ctx_len, vocab, t_width, t_heads, t_layers):
+    def __init__(self, embed, res, v_layers, v_width, patch, ctx_len, vocab, t_width, t_heads, t_layers,
+                 v_heads=None, act=QuickGELU):
         super().__init__()
-        self.visual = Visual(res, patch, v_width, v_layers, v_width // 64, embed)
+        self.visual = Visual(res, patch, v_width, v_layers, v_heads or v_width // 64, embed, act)
         mask = torch.full((ctx_len, ctx_len), float("-inf")).triu_(1)
-        self.transformer = Transformer(t_width, t_layers, t_heads, mask)
+        self.transformer = Transformer(t_width, t_layers, t_heads, mask, act)
         self.token_embedding = nn.Embedding(vocab, t_width)
         self.positional_embedding = nn.Parameter(torch.zeros(ctx_len, t_width))
         self.ln_final = LayerNorm(t_width)
@@ -142,6 +143,19 @@ def build_model(state: Dict[str, torch.Tensor]) -> OpenAIClip:
     for key in ("input_resolution", "context_length", "vocab_size"):
         state.pop(key, None)
     _to_fp16(model)
+    model.load_state_dict(state)
+    return model.eval().float()
+
+
+def tiny_named_clip() -> OpenAIClip:
+    """The shipped tiny CLIP as ``emolab-tiny-vit`` defines it, in the OpenAI model classes: 4 vision
+    heads (head width 32) and 2 text heads, exact GELU, fp32 weights. OpenAI's ``build_model`` cannot
+    express this architecture (it fixes heads = width / 64 and QuickGELU); only those two settings
+    and the fp16 rounding differ from :func:`build_model`."""
+    from safetensors.torch import load_file
+
+    state = load_file(TINY_WEIGHTS)
+    model = OpenAIClip(128, 32, 4, 128, 8, 77, 49408, 64, 2, 2, v_heads=4, act=nn.GELU)
     model.load_state_dict(state)
     return model.eval().float()
 

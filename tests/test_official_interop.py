@@ -43,6 +43,12 @@ def env(tmp_path_factory):
     return SimpleNamespace(root=root, clip_file=clip_file, clip=clip, base=base)
 
 
+def _frozen(model):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
 def _spy(monkeypatch):
     """Capture the trainer ``train.py`` builds and the logits each evaluation hands the evaluator."""
     import trainers
@@ -84,16 +90,25 @@ def _official_logits(env, which, model_dir, epoch, data, classnames):
         return model(x)
 
 
+@pytest.mark.parametrize("clip_source", ["openai_state_dict", "emolab-tiny-vit"])
 @pytest.mark.parametrize("which", ["coop", "cocoop"])
-def test_official_checkpoint_through_train_py_on_jpegs_gives_the_official_logits(which, env, tmp_path, monkeypatch):
+def test_official_checkpoint_through_train_py_on_jpegs_gives_the_official_logits(which, clip_source, env, tmp_path,
+                                                                                  monkeypatch):
+    """``openai_state_dict``: the tiny CLIP as an OpenAI file (``MODEL.BACKBONE.NAME infer``) against OpenAI's
+    ``build_model`` on it; ``emolab-tiny-vit``: the shipped tiny CLIP by name against the same weights in
+    the OpenAI model classes with its own heads and GELU (``official_ref.tiny_named_clip``)."""
     seen = _spy(monkeypatch)
     fixture = os.path.join(ref.FIXTURES, which)
-    assert run_cli(_args(env, which, tmp_path / "eval", "--eval-only", "--model-dir", fixture, "--load-epoch", "2")) == 0
+    opts = ("MODEL.BACKBONE.NAME", "emolab-tiny-vit", "MODEL.BACKBONE.PRETRAINED", "") \
+        if clip_source == "emolab-tiny-vit" else ()
+    assert run_cli(_args(env, which, tmp_path / "eval", "--eval-only", "--model-dir", fixture, "--load-epoch", "2",
+                         opts=opts)) == 0
     trainer, ours = seen["trainer"], seen["logits"][-1]
     assert trainer.classnames == ref.CLASSNAMES
-    theirs = _official_logits(env, which, fixture, 2, trainer.dataset.test, trainer.classnames)
+    clip_env = env if clip_source == "openai_state_dict" else SimpleNamespace(clip=_frozen(ref.tiny_named_clip()))
+    theirs = _official_logits(clip_env, which, fixture, 2, trainer.dataset.test, trainer.classnames)
     diff = (ours - theirs).abs().max().item()
-    print(f"{which}: official checkpoint through train.py --eval-only, max |logit diff| = {diff:.3g}")
+    print(f"{which} ({clip_source}): official checkpoint through train.py --eval-only, max |logit diff| = {diff:.3g}")
     assert ours.shape == theirs.shape == (len(trainer.dataset.test), 4)
     assert diff <= TOL
 
