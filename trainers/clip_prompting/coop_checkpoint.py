@@ -68,8 +68,9 @@ def from_official(state: Dict[str, torch.Tensor], prompt_learner: nn.Module, pat
             raise CheckpointError(f"checkpoint {path} has {key}, which this prompt learner does not have")
         if value.shape != own[new].shape:
             if value.numel() != own[new].numel():
-                raise CheckpointError(f"checkpoint {path}: {key} has shape {tuple(value.shape)}, the model's "
-                                      f"{new} {tuple(own[new].shape)} (another N_CTX, CSC or backbone?)")
+                raise CheckpointError(f"checkpoint {path} does not fit the model: {key} has shape "
+                                      f"{tuple(value.shape)}, the model's {new} {tuple(own[new].shape)} "
+                                      "(another N_CTX, CSC or backbone?)")
             value = value.reshape(own[new].shape)
         out[new] = value.to(own[new].dtype)
     if dropped:
