@@ -85,7 +85,8 @@ def load_clip(
 
     Args:
         name: an open_clip architecture (``ViT-B-16``), an OpenAI spelling (``ViT-B/16``,
-            ``RN50``), or a project architecture from ``configs/clip_models/`` (``emolab-tiny-vit``).
+            ``RN50``), a project architecture from ``configs/clip_models/`` (``emolab-tiny-vit``), or
+            ``infer``: the architecture of the OpenAI-format file ``pretrained`` (``clip/openai_arch.py``).
         pretrained: ``""`` or ``"random"`` for random weights (nothing is downloaded; this is the
             low-level builder: configs resolve ``""`` to real weights first, see
             ``clip/pretrained.py``); a local file (OpenAI
@@ -103,7 +104,9 @@ def load_clip(
         ConfigError: unknown architecture or tag; a text tower that cannot take prompts.
         CheckpointError: a missing, unreadable or mismatched weight file; a failed download.
     """
-    arch = resolve_model_name(name)
+    from .openai_arch import inferred_arch, is_infer
+
+    arch = inferred_arch(pretrained) if is_infer(name) else resolve_model_name(name)  # "infer": clip/openai_arch.py
     arch_conf = model_config(arch)
     check_text_tower(arch, arch_conf)
 

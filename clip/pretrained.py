@@ -146,6 +146,8 @@ def resolve_pretrained(name: str, pretrained: str) -> Resolved:
         return Resolved("", "random weights (MODEL.BACKBONE.PRETRAINED random)")
     if pretrained:
         return Resolved(pretrained, pretrained)
+    if name.strip().lower() == "infer":  # clip/openai_arch.py
+        raise ConfigError("MODEL.BACKBONE.NAME infer needs MODEL.BACKBONE.PRETRAINED to name an OpenAI-format CLIP weight file")
     arch = resolve_model_name(name)
     shipped = SHIPPED_DIR / f"{arch}.safetensors"
     if shipped.is_file():

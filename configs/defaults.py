@@ -25,6 +25,7 @@ def get_cfg_default() -> CN:
     _C.INPUT.INTERPOLATION = "bilinear"  # bilinear | bicubic | nearest
     _C.INPUT.TRANSFORMS = ("random_flip", "normalize")  # training transforms (Dassl names)
     _C.INPUT.TEST_TRANSFORMS = ()  # test transforms; () = resize + center crop (+ normalize if in TRANSFORMS)
+    _C.INPUT.TEST_RESIZE = "pil"  # test-time resize: pil (PIL's, as CLIP / Dassl: official numbers) | tensor
     _C.INPUT.NO_TRANSFORM = False  # skip all transforms but to-tensor
     _C.INPUT.PIXEL_MEAN = list(CLIP_MEAN)  # normalisation mean (CLIP's; Dassl's default is ImageNet's)
     _C.INPUT.PIXEL_STD = list(CLIP_STD)  # normalisation std (CLIP's)

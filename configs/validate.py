@@ -24,6 +24,7 @@ CHOICES = {
     "DATALOADER.TRAIN_X.SAMPLER": ("RandomSampler", "SequentialSampler"),
     "DATALOADER.TEST.SAMPLER": ("RandomSampler", "SequentialSampler"),
     "INPUT.INTERPOLATION": ("bilinear", "bicubic", "nearest"),
+    "INPUT.TEST_RESIZE": ("pil", "tensor"),
     "DATASET.SUBSAMPLE_CLASSES": ("all", "base", "new"),
     "DATASET.TASK": ("", "single_label", "multi_label"),
 }

@@ -102,7 +102,7 @@ def test_pretraining_checkpoint_with_fusion_and_module_prefix(tmp_path):
     mae, fresh_fusion = MaskedAutoencoderViT(32, 8, D, DEPTH, HEADS, 16, 1, 2), build_fusion("released", 16)
     assert load_into_mae(mae, str(tmp_path / "checkpoint.pth"), fresh_fusion) == []
     assert torch.equal(mae.decoder_pred.weight, sd["decoder_pred.weight"])
-    assert torch.equal(fresh_fusion.fc.weight, fusion.fc.weight)
+    assert torch.equal(fresh_fusion.linear.weight, fusion.linear.weight)
     torch.save({"model": mae_state(decoder=False)}, tmp_path / "enc.pth")  # ImageNet MAE encoder only
     fresh = load_into_mae(MaskedAutoencoderViT(32, 8, D, DEPTH, HEADS, 16, 1, 2), str(tmp_path / "enc.pth"))
     assert "mask_token" in fresh and any(k.startswith("decoder_blocks") for k in fresh)

@@ -39,7 +39,7 @@ def test_pretrain_then_finetune_then_released_style_eval(root, tmp_path):
     held = final_test(str(pre))
     assert set(held) == {"loss_mae", "loss_sim", "loss_con", "loss"} and all(v == v for v in held.values())
     handoff = torch.load(pre / "uniemox_pretrain.pth", weights_only=True)
-    assert set(handoff) == {"model", "att_fusion", "epoch"} and set(handoff["att_fusion"]) == {"bn.weight", "bn.bias", "fc.weight", "fc.bias"}
+    assert set(handoff) == {"model", "att_fusion", "epoch"} and set(handoff["att_fusion"]) == {"bn.weight", "bn.bias", "linear.weight", "linear.bias"}
     assert os.path.isfile(pre / "fusion" / "model.pth.tar-1") and len(os.listdir(tmp_path / "cache")) == 1
 
     # hand-off: the fine-tuning ViT starts from the pre-trained encoder

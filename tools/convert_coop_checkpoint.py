@@ -1,17 +1,20 @@
 """Convert CoOp / CoCoOp prompt-learner checkpoints between EmoLab and the official layout.
 
-Usage::
+EmoLab's CoOp / CoCoOp trainers already save under the official names (the official code loads
+their ``prompt_learner/model.pth.tar-<epoch>`` unchanged); this tool serves older EmoLab files
+(``context.ctx``) and copies a run's checkpoint into a clean Dassl folder. Usage::
 
     # EmoLab run -> a folder the official CoOp / CoCoOp code evaluates with --model-dir
-    python tools/convert_coop_checkpoint.py output/coop_seed1 official_run/
-    # official file -> an EmoLab checkpoint file
+    python tools/convert_coop_checkpoint.py output/coop_seed1 official_run
+    # official file -> an EmoLab-named checkpoint file
     python tools/convert_coop_checkpoint.py coop/prompt_learner/model.pth.tar-50 emolab.pth.tar --to emolab
 
-``SRC`` is a checkpoint file or a run folder (its ``prompt_learner/model-best.pth.tar``, else the
-latest; ``--epoch E`` picks ``model.pth.tar-E``). ``DST`` ending in ``/`` or naming an existing
-folder receives the Dassl layout ``DST/prompt_learner/model.pth.tar-<epoch>`` plus the
-``checkpoint`` file naming it; otherwise ``DST`` is the file written. ``--to`` defaults to the
-other layout of the one ``SRC`` is in.
+``SRC`` is a checkpoint file or a run folder: by default the epoch the run's own final test used
+(its run state), else ``model-best.pth.tar``, else the latest; ``--epoch E`` picks
+``model.pth.tar-E``. ``DST`` is a folder receiving the Dassl layout
+``DST/prompt_learner/model.pth.tar-<epoch>`` plus the ``checkpoint`` file naming it, unless it
+names a file (ends in ``.pth``, ``.pt``, ``.tar`` or ``.pth.tar-<N>``). ``--to`` defaults to
+official for an EmoLab file, emolab for an official file from elsewhere.
 
 Official layout (what CoOp's / CoCoOp's ``load_model`` reads): ``state_dict`` with ``ctx``
 [n_ctx, D] (CSC: [C, n_ctx, D]) and, for CoCoOp, ``meta_net.linear1/2.{weight,bias}``; plus
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from typing import Optional
 
@@ -47,8 +51,17 @@ def source_file(src: str, epoch: Optional[int]) -> str:
         return src
     if not os.path.isdir(src):
         raise CheckpointError(f"no such checkpoint file or folder: {src}")
+    from trainers.engine.runstate import eval_epoch
+
     run = os.path.dirname(src.rstrip("/")) if os.path.basename(src.rstrip("/")) == MODEL_NAME else src
-    return checkpoint_path(run, MODEL_NAME, epoch)
+    return checkpoint_path(run, MODEL_NAME, eval_epoch(run, epoch))
+
+
+def is_file_target(dst: str) -> bool:
+    """True when ``dst`` names a checkpoint file rather than a folder (module docstring)."""
+    if dst.endswith(("/", os.sep)) or os.path.isdir(dst):
+        return False
+    return bool(re.search(r"(\.pth|\.pt|\.tar|\.pth\.tar-\d+)$", os.path.basename(dst)))
 
 
 def to_emolab_state(state):
@@ -80,17 +93,23 @@ def convert(src: str, dst: str, to: str = "", epoch: Optional[int] = None) -> st
     ckpt = load_checkpoint(path)
     state = ckpt["state_dict"]
     official = is_official(state)
-    to = to or ("emolab" if official else "official")
+    written_by_emolab = "engine" in ckpt  # EmoLab's files carry the engine state; official ones do not
+    to = to or ("emolab" if official and not written_by_emolab else "official")
     if to not in ("official", "emolab"):
         raise EmoLabError(f"--to must be official or emolab, got {to!r}")
-    if (to == "official") == official:
-        raise EmoLabError(f"{path} is already in the {to} layout")
-    new_state = to_official(state) if to == "official" else to_emolab_state(state)
+    if to == "official":
+        new_state = state if official else to_official(state)
+        new_state = {k: v.detach().clone().contiguous() for k, v in new_state.items()
+                     if k not in ("token_prefix", "token_suffix")}
+    elif official:
+        new_state = to_emolab_state(state)
+    else:
+        raise EmoLabError(f"{path} already has EmoLab's names")
     ep = int(ckpt.get("epoch") or 0)
     val = ckpt.get("val_result")
     out = {"state_dict": new_state, "epoch": ep, "optimizer": None, "scheduler": None,
            "val_result": val if isinstance(val, (int, float, dict)) or val is None else None}
-    if dst.endswith(("/", os.sep)) or os.path.isdir(dst):
+    if not is_file_target(dst):
         fname = f"model.pth.tar-{ep}"
         target = os.path.join(dst, MODEL_NAME, fname)
         atomic_torch_save(out, target)
@@ -110,9 +129,10 @@ def convert(src: str, dst: str, to: str = "", epoch: Optional[int] = None) -> st
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("src", help="checkpoint file or run folder")
-    ap.add_argument("dst", help="output file, or folder (Dassl layout)")
+    ap.add_argument("dst", help="output folder (Dassl layout), or a file ending in .pth / .pt / .tar / .pth.tar-N")
     ap.add_argument("--to", default="", choices=["", "official", "emolab"], help="target layout (default: the other one)")
-    ap.add_argument("--epoch", type=int, default=None, help="epoch to convert when SRC is a folder")
+    ap.add_argument("--epoch", type=int, default=None,
+                    help="epoch to convert when SRC is a folder (default: the one the run's final test used)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

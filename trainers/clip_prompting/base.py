@@ -43,13 +43,15 @@ def load_configured_clip(name: str, pretrained: str, device):
     return load_clip(name, pretrained=res.value, device=device, quick_gelu=res.quick_gelu)
 
 
-def backbone_image_size(name: str) -> int:
-    """Input resolution of a CLIP architecture, read from its config (no model is built)."""
+def backbone_image_size(name: str, pretrained: str = "") -> int:
+    """Input resolution of a CLIP architecture, read from its config (no model is built); for
+    ``infer``, of the architecture of the weight file ``pretrained`` (``clip/openai_arch.py``)."""
     import open_clip
 
     from clip import resolve_model_name
+    from clip.openai_arch import inferred_arch, is_infer
 
-    arch = resolve_model_name(name)
+    arch = inferred_arch(pretrained) if is_infer(name) else resolve_model_name(name)
     conf = open_clip.get_model_config(arch) or {}
     size = conf.get("vision_cfg", {}).get("image_size", 224)
     return int(size[0] if isinstance(size, (list, tuple)) else size)
@@ -80,7 +82,7 @@ class ClipTrainerBase(TrainerBase):
         """Fill INPUT.SIZE from the CLIP architecture (called by ``train.py`` before freezing)."""
         if not cfg.MODEL.BACKBONE.NAME:
             cfg.MODEL.BACKBONE.NAME = "emolab-tiny-vit"
-        size = backbone_image_size(cfg.MODEL.BACKBONE.NAME)
+        size = backbone_image_size(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PRETRAINED)
         if not cfg.INPUT.SIZE:
             cfg.INPUT.SIZE = (size, size)
         elif tuple(cfg.INPUT.SIZE) != (size, size):

@@ -8,6 +8,7 @@ import torch
 
 from configs.registry import register_config
 from trainers.clip_prompting.base import ClipTrainerBase, build_clip_backbone
+from trainers.clip_prompting.coop_checkpoint import use_official_names
 from trainers.components.prompt_learner import PromptedCLIP, build_prompt_learner
 from trainers.registry import TRAINER_REGISTRY
 
@@ -48,7 +49,8 @@ class CoOp(ClipTrainerBase):
         node = self.cfg.TRAINER[self.NODE]
         learner = build_prompt_learner(clip, self.classnames, node, f"TRAINER.{self.NODE}")
         self.model = PromptedCLIP(clip, learner)
-        self.register_model("prompt_learner", learner)
+        # official CoOp/CoCoOp key names in the checkpoint (both layouts load)
+        self.register_model("prompt_learner", use_official_names(learner))
 
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         return {"loss": self.classification_loss(self.forward_batch(batch), batch)}

@@ -12,7 +12,12 @@ EmoLab's prompt learner names them ``context.ctx`` ([1, n_ctx, D] shared, [C, n_
 class-specific, [n_ctx, D] conditional) and ``context.meta_net.<i>.*`` (a ``Sequential``), and
 keeps no token buffers. :func:`from_official` maps an official state dict onto an EmoLab prompt
 learner (the token embeddings are dropped, as CoOp's own loader does, and rebuilt from this run's
-class names); :func:`to_official` writes the official names (``tools/convert_coop_checkpoint.py``).
+class names); :func:`to_official` writes the official names.
+
+:func:`use_official_names` makes a prompt learner's ``state_dict()`` carry the official names and
+shapes and its ``load_state_dict`` accept both layouts: the CoOp / CoCoOp trainers save files the
+official ``load_model`` loads unchanged (it loads with ``strict=False``, so a file under other
+names would be accepted and its context silently ignored), and read official and older EmoLab files.
 """
 from __future__ import annotations
 
@@ -42,7 +47,7 @@ def _linear_indices(module: nn.Module) -> List[str]:
 
 def from_official(state: Dict[str, torch.Tensor], prompt_learner: nn.Module, path: str = "") -> Dict[str, torch.Tensor]:
     """The official ``state`` renamed and reshaped for ``prompt_learner`` (cast to its dtypes)."""
-    own = prompt_learner.state_dict()
+    own = dict(prompt_learner.named_parameters())  # EmoLab's names (state_dict() may be the official ones)
     out: Dict[str, torch.Tensor] = {}
     dropped = [k for k in OFFICIAL_TOKEN_KEYS if k in state]
     linears = _linear_indices(prompt_learner)
@@ -63,8 +68,9 @@ def from_official(state: Dict[str, torch.Tensor], prompt_learner: nn.Module, pat
             raise CheckpointError(f"checkpoint {path} has {key}, which this prompt learner does not have")
         if value.shape != own[new].shape:
             if value.numel() != own[new].numel():
-                raise CheckpointError(f"checkpoint {path}: {key} has shape {tuple(value.shape)}, the model's "
-                                      f"{new} {tuple(own[new].shape)} (another N_CTX, CSC or backbone?)")
+                raise CheckpointError(f"checkpoint {path} does not fit the model: {key} has shape "
+                                      f"{tuple(value.shape)}, the model's {new} {tuple(own[new].shape)} "
+                                      "(another N_CTX, CSC or backbone?)")
             value = value.reshape(own[new].shape)
         out[new] = value.to(own[new].dtype)
     if dropped:
@@ -100,3 +106,35 @@ def to_official(state: Dict[str, torch.Tensor], token_prefix: Optional[torch.Ten
     if token_suffix is not None:
         out["token_suffix"] = token_suffix
     return {k: v.detach().clone().contiguous() for k, v in out.items()}
+
+
+def use_official_names(prompt_learner: nn.Module) -> nn.Module:
+    """Save ``prompt_learner`` under the official names; load either layout (module docstring).
+
+    The official names apply to everything under the module's prefix (as a submodule too); an
+    older EmoLab file (``context.ctx``) still loads. Returns ``prompt_learner``.
+    """
+
+    def to_official_hook(module, state, prefix, local_metadata):
+        own = {k[len(prefix):]: state[k] for k in state if k.startswith(prefix)}
+        try:
+            official = to_official(own)
+        except CheckpointError:  # a context generator the official layout cannot express: EmoLab's names
+            return state
+        for key in own:
+            del state[prefix + key]
+        for key, value in official.items():
+            state[prefix + key] = value
+        return state
+
+    def from_official_hook(module, state, prefix, local_metadata, strict, missing, unexpected, errors):
+        local = {k[len(prefix):]: k for k in state if k.startswith(prefix)}
+        if not is_official({k: None for k in local}):
+            return
+        theirs = {k: state.pop(full) for k, full in local.items()}
+        for key, value in from_official(theirs, module, local_metadata.get("path", "")).items():
+            state[prefix + key] = value
+
+    prompt_learner._register_state_dict_hook(to_official_hook)
+    prompt_learner._register_load_state_dict_pre_hook(from_official_hook, with_module=True)
+    return prompt_learner

@@ -14,12 +14,15 @@ generator with new keys needs no change to any trainer's ``build_model``.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
 
 from utils.registry import Registry
+
+logger = logging.getLogger(__name__)
 
 CONTEXT_GENERATORS = Registry("context generator")
 
@@ -45,7 +48,12 @@ class StaticContext(nn.Module):
     @staticmethod
     def from_config(node) -> Dict[str, Any]:
         """``CSC`` (class-specific context; False where the node has no such key, e.g. CoCoOp's)."""
-        return {"csc": bool(getattr(node, "CSC", False))}
+        csc = bool(getattr(node, "CSC", False))
+        if csc and getattr(node, "CTX_INIT", ""):  # the official PromptLearner ignores CSC when CTX_INIT is given
+            logger.warning("CSC True with CTX_INIT: one context shared by all classes, initialised from the words "
+                           "(the official CoOp ignores CSC when CTX_INIT is given); unset CTX_INIT for class-specific")
+            csc = False
+        return {"csc": csc}
 
     def forward(self, img_feat: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.ctx.unsqueeze(0)  # [1, C', n_ctx, D]

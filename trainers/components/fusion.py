@@ -27,16 +27,27 @@ def _xavier(linear: nn.Linear) -> nn.Linear:
 
 @FUSION_MODULES.register(name="released")
 class SharedNormLinearELU(nn.Module):
-    """``ELU(Linear(LN(a) + LN(b)))``, one shared LayerNorm (as released)."""
+    """``ELU(Linear(LN(a) + LN(b)))``, one shared LayerNorm (as released).
+
+    Parameter names are the released ``AttentionFusion``'s (``bn.*``, ``linear.*``), so its
+    ``att_fusion`` weights load and EmoLab's load in the released code; files from before the
+    rename (``fc.*``) still load."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.bn = nn.LayerNorm(dim)
-        self.fc = _xavier(nn.Linear(dim, dim))
+        self.linear = _xavier(nn.Linear(dim, dim))
         self.act = nn.ELU(alpha=1.0)
+        self._register_load_state_dict_pre_hook(_old_fc_names)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.act(self.fc(self.bn(a) + self.bn(b)))
+        return self.act(self.linear(self.bn(a) + self.bn(b)))
+
+
+def _old_fc_names(state, prefix, *_args) -> None:
+    """EmoLab's earlier name of the released fusion's linear layer (``fc``) -> ``linear``."""
+    for key in [k for k in state if k.startswith(prefix + "fc.")]:
+        state[prefix + "linear." + key[len(prefix) + 3:]] = state.pop(key)
 
 
 @FUSION_MODULES.register(name="mean")

@@ -258,7 +258,7 @@ class TrainerBase(DataAccess, PersistenceMixin, EvaluationMixin):
 
     def current_lr(self) -> float:
         opts = self.optimizers()
-        return opts[0].param_groups[0]["lr"] if opts else 0.0
+        return max(g["lr"] for g in opts[0].param_groups) if opts else 0.0  # the largest group's (MAE's max_lr)
 
     def trainable_parameters(self) -> List[nn.Parameter]:
         return [p for m in self._models.values() for p in m.parameters() if p.requires_grad]

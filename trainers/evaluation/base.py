@@ -149,8 +149,9 @@ class EvaluatorBase:
 
 
 def log_result(lines: "OrderedDict[str, str]", header: str = "=> result") -> None:
-    """Log ``header`` then one ``* key: value`` line per entry (Dassl / CoOp layout)."""
-    logger.info(header)
+    """Log ``header`` then one ``* key: value`` line per entry (Dassl / CoOp layout); the header
+    line is bare (no timestamp): CoOp's ``parse_test_res.py --test-log`` matches it exactly."""
+    logger.info(header, extra={"bare": True})
     for key, value in lines.items():
         logger.info(f"* {key}: {value}")
 

@@ -10,15 +10,20 @@ or empty attribute drops its sentence)::
 Differences from the released builder (all faults there): object names made of several words
 stay whole ("Human face", not "Human and face"); the brightness clause ends with a full stop
 when the colourfulness is not annotated (and the colourfulness clause stands alone when the
-brightness is not); captions longer than CLIP's 77-token context are cut by the tokenizer (the
-released code raises).
+brightness is not); a caption longer than CLIP's 77-token context is shortened so that the
+sentence naming the emotion stays: objects are dropped from the end of the list first (the list
+may go entirely), then the action, facial-expression, brightness and scene sentences in that order
+(the released code raises; cutting the token sequence at 77 would remove the emotion sentence).
+
+The embedding cache holds the float32 features of the distinct captions and each image's index
+into them, so a run that reads the cache gets exactly the numbers the first run computed.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,34 +53,71 @@ def join_objects(objects: Sequence[str]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def build_caption(attrs: Mapping[str, Any], emotion: str) -> str:
-    """The caption of one image from its EmoSet attributes (``Datum.attrs``) and emotion name."""
-    parts: List[str] = []
+#: BPE tokens a caption may have: CLIP's context of 77 less the start and end tokens
+MAX_CAPTION_TOKENS = 75
+#: sentences dropped (in this order) when a caption without objects is still too long
+_DROP_ORDER = ("action", "face", "light", "scene")
+
+
+def bpe_count(text: str) -> int:
+    """Number of CLIP BPE tokens of ``text`` (without start / end tokens)."""
+    from open_clip.tokenizer import _tokenizer
+
+    return len(_tokenizer.encode(text))
+
+
+def _sentences(attrs: Mapping[str, Any], emotion: str, objects: Sequence[str]) -> Dict[str, str]:
+    out: Dict[str, str] = {}
     if _present(attrs.get("scene")):
-        parts.append(f"The scene type of this photo is {attrs['scene']}.")
+        out["scene"] = f"The scene type of this photo is {attrs['scene']}."
+    if join_objects(objects):
+        out["objects"] = f"The main subjects are {join_objects(objects)}."
+    bright, color = attrs.get("brightness"), attrs.get("colorfulness")
+    if _present(bright) and _present(color):
+        out["light"] = f"The image has a brightness of {_number(bright)} and color saturation of {_number(color)}."
+    elif _present(bright):
+        out["light"] = f"The image has a brightness of {_number(bright)}."
+    elif _present(color):
+        out["light"] = f"The image has a color saturation of {_number(color)}."
+    if _present(attrs.get("facial_expression")):
+        out["face"] = f"Human facial expression is {attrs['facial_expression']}."
+    if _present(attrs.get("human_action")):
+        out["action"] = f"The action being performed is {attrs['human_action']}."
+    out["emotion"] = f"The overall emotion conveyed is {emotion}."
+    return out
+
+
+def build_caption(attrs: Mapping[str, Any], emotion: str, max_tokens: int = MAX_CAPTION_TOKENS,
+                  count: Callable[[str], int] = bpe_count) -> str:
+    """The caption of one image from its EmoSet attributes (``Datum.attrs``) and emotion name,
+    shortened to ``max_tokens`` BPE tokens (``count``) keeping the emotion sentence (module docstring)."""
     objects = attrs.get("object") or []
     if isinstance(objects, str):
         objects = [objects]
-    if join_objects(objects):
-        parts.append(f"The main subjects are {join_objects(objects)}.")
-    bright, color = attrs.get("brightness"), attrs.get("colorfulness")
-    if _present(bright) and _present(color):
-        parts.append(f"The image has a brightness of {_number(bright)} and color saturation of {_number(color)}.")
-    elif _present(bright):
-        parts.append(f"The image has a brightness of {_number(bright)}.")
-    elif _present(color):
-        parts.append(f"The image has a color saturation of {_number(color)}.")
-    if _present(attrs.get("facial_expression")):
-        parts.append(f"Human facial expression is {attrs['facial_expression']}.")
-    if _present(attrs.get("human_action")):
-        parts.append(f"The action being performed is {attrs['human_action']}.")
-    parts.append(f"The overall emotion conveyed is {emotion}.")
-    return " ".join(parts)
+    objects = [o for o in objects if str(o).strip()]
+    parts = _sentences(attrs, emotion, objects)
+    caption = " ".join(parts.values())
+    if max_tokens <= 0 or count(caption) <= max_tokens:
+        return caption
+    n = len(objects)
+    while n > 0:
+        n -= 1
+        parts = _sentences(attrs, emotion, objects[:n])
+        caption = " ".join(parts.values())
+        if count(caption) <= max_tokens:
+            return caption
+    for key in _DROP_ORDER:
+        parts.pop(key, None)
+        caption = " ".join(parts.values())
+        if count(caption) <= max_tokens:
+            break
+    return caption
 
 
 def _fingerprint(clip: Any, captions: Sequence[str]) -> str:
     """Key of a text-embedding cache: the CLIP architecture, a checksum of its text weights, the captions."""
     h = hashlib.sha256()
+    h.update(b"v2: float32 table + index\0")  # the earlier layout (per-image rows, fp16 when large) is not reused
     h.update(str(getattr(clip, "model_name", "")).encode())
     with torch.no_grad():
         for t in (clip.token_embedding.weight, clip.model.text_projection, clip.model.ln_final.weight):
@@ -104,9 +146,10 @@ def caption_embeddings(clip: Any, captions: Sequence[str], cache_dir: str = "", 
             from .checkpoints import read_checkpoint
 
             cached = read_checkpoint(path, "caption embedding cache", allow=())
-            if isinstance(cached, dict) and torch.is_tensor(cached.get("features")) and cached["features"].shape[0] == len(captions):
+            ok = isinstance(cached, dict) and torch.is_tensor(cached.get("table")) and torch.is_tensor(cached.get("index"))
+            if ok and cached["table"].dtype == torch.float32 and cached["index"].shape[0] == len(captions):
                 logger.info(f"caption embeddings read from {path}")
-                return cached["features"].float()
+                return cached["table"][cached["index"].long()]
             logger.warning(f"ignoring caption embedding cache {path}: unexpected content")
     unique: Dict[str, int] = {}
     for c in captions:
@@ -118,8 +161,9 @@ def caption_embeddings(clip: Any, captions: Sequence[str], cache_dir: str = "", 
         tokens = clip.tokenize(texts[i:i + batch_size]).to(device)
         feats.append(F.normalize(clip.encode_text(tokens).float(), dim=-1).cpu())
     table = torch.cat(feats) if feats else torch.zeros(0, getattr(clip, "embed_dim", 0))
-    out = table[torch.tensor([unique[c] for c in captions], dtype=torch.long)] if captions else table
+    index = torch.tensor([unique[c] for c in captions], dtype=torch.long)
+    out = table[index] if captions else table
     logger.info(f"caption embeddings: {len(captions)} captions, {len(texts)} distinct, encoded once")
-    if path:
-        atomic_torch_save({"features": out.half() if out.numel() > 2**24 else out, "n": len(captions)}, path)
+    if path:  # float32 distinct features + per-image index: exact, and small (few distinct captions)
+        atomic_torch_save({"table": table.float().contiguous(), "index": index, "n": len(captions)}, path)
     return out

@@ -127,23 +127,52 @@ def _resample_pos_embed(pos: torch.Tensor, target: torch.Tensor) -> torch.Tensor
                                   interpolation="bicubic", antialias=False)
 
 
-def load_into_classifier(vit: nn.Module, path: str, global_pool: bool = True) -> str:
+def file_pooling(state: Dict[str, torch.Tensor]) -> Optional[str]:
+    """``"avg"`` / ``"token"`` for a fine-tuned classifier state dict (it has ``head.*``), None otherwise.
+
+    A global-pool classifier has ``fc_norm.*`` (the released one also the unused ``norm.*``); a
+    cls-token classifier has ``norm.*`` and no ``fc_norm.*``."""
+    if "head.weight" not in state:
+        return None
+    if "fc_norm.weight" in state:
+        return "avg"
+    return "token" if "norm.weight" in state else None
+
+
+def load_into_classifier(vit: nn.Module, path: str, global_pool: bool = True, require_head: bool = False) -> str:
     """Load any UniEmoX / MAE / EmoLab checkpoint into a timm ``VisionTransformer``; returns what was loaded.
 
     ``head.*`` is loaded only when its shape fits (a fine-tuned file on the same classes); a new
     head gets the released initialisation (trunc-normal std 2e-5, bias 0) and a new ``fc_norm``
-    weight 1, bias 0.
+    weight 1, bias 0. ``require_head`` (evaluation): a file without a fitting head is refused.
+    A fine-tuned file whose pooling (:func:`file_pooling`) differs from the model's is refused:
+    its ``norm`` / ``fc_norm`` would be dropped or left untrained.
     """
     from timm.layers import trunc_normal_
 
     state, _ = model_state(read_checkpoint(path), path)
+    pool = file_pooling(state)
+    want = "avg" if global_pool else "token"
+    if pool is not None and pool != want:
+        setting = "True" if pool == "avg" else "False"
+        kind = "global average pooling (fc_norm.*)" if pool == "avg" else "cls-token pooling (norm.*, no fc_norm.*)"
+        raise CheckpointError(f"checkpoint {path} is a classifier fine-tuned with {kind}, this model uses "
+                              f"{'global average' if global_pool else 'cls-token'} pooling: set "
+                              f"TRAINER.UNIEMOX.GLOBAL_POOL {setting}")
     own = vit.state_dict()
     drop = ("mask_token",) + (("norm.weight", "norm.bias") if global_pool else ())
+    if global_pool and "norm.weight" in state:  # kept for the released layout (released_names.py)
+        vit.released_norm = {k: state[k].detach().clone() for k in ("norm.weight", "norm.bias") if k in state}
     state = {k: v for k, v in state.items() if k not in drop and not k.startswith("decoder_")}
     if "pos_embed" in state and "pos_embed" in own and state["pos_embed"].shape != own["pos_embed"].shape \
             and state["pos_embed"].shape[-1] == own["pos_embed"].shape[-1]:
         state["pos_embed"] = _resample_pos_embed(state["pos_embed"], own["pos_embed"])
     head_loaded = all(k in state and state[k].shape == own[k].shape for k in ("head.weight", "head.bias"))
+    if require_head and not head_loaded:
+        found = (f"a head for {state['head.weight'].shape[0]} classes" if "head.weight" in state
+                 else "no classification head (a pre-trained file)")
+        raise CheckpointError(f"checkpoint {path} has {found}; evaluating needs a file fine-tuned on these "
+                              f"{own['head.weight'].shape[0]} classes (a new head would be untrained)")
     if not head_loaded:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
     new_ok = {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"} if global_pool else {"head.weight", "head.bias"}

@@ -64,7 +64,7 @@ def add_uniemox_config(cfg: CN) -> None:
     u.GLOBAL_POOL = True  # mean of the patch tokens -> fc_norm -> head (False: CLS token after norm)
     u.DROP_PATH = 0.2  # stochastic depth, rising linearly to this over the blocks
     u.MIN_LR = 1e-6  # floor of the half-cycle cosine
-    u.LAYER_DECAY_ENABLED = True  # layer-wise lr decay (declared by the authors; their code never applies it)
+    u.LAYER_DECAY_ENABLED = False  # layer-wise lr decay: off as the released code runs (declared, never applied); MAE's: on
     u.LAYER_DECAY = 0.75  # lr scale of block i = LAYER_DECAY ** (depth - i); stem ** (depth + 1)
     u.AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"  # timm RandAugment policy ("" = off, then colour jitter)
     u.COLOR_JITTER = 0.0  # colour jitter strength when AUTO_AUGMENT is off

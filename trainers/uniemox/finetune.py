@@ -170,8 +170,8 @@ class UniEmoX(TrainerBase):
     # ------------------------------------------------------------------ weights
     def load_model(self, directory: str, epoch=None) -> None:
         """``--model-dir``: an EmoLab run folder, or any single checkpoint file (released fine-tuned files)."""
-        if os.path.isfile(directory):
-            load_into_classifier(self.model_without_ddp, directory, bool(self.node().GLOBAL_POOL))
+        if os.path.isfile(directory):  # evaluation: the file must hold a head for these classes
+            load_into_classifier(self.model_without_ddp, directory, bool(self.node().GLOBAL_POOL), require_head=True)
         else:
             super().load_model(directory, epoch)
         self.weights_pending = False
@@ -182,4 +182,11 @@ class UniEmoX(TrainerBase):
         if self.weights_pending and not resumable:
             raise ConfigError("TRAINER.UNIEMOX.INIT is empty: give a pre-trained or fine-tuned checkpoint "
                               "(file or run folder), or 'random' to start from random weights")
-        return super().train()
+        results = super().train()
+        if self.is_main:  # the tested classifier, loadable by the released --eval (released_names.py)
+            from .released_names import RELEASED_FINETUNED_NAME, write_released_classifier
+
+            vit = self.model_without_ddp
+            write_released_classifier(os.path.join(self.output_dir, RELEASED_FINETUNED_NAME), vit,
+                                      bool(self.node().GLOBAL_POOL), getattr(vit, "released_norm", None))
+        return results
