@@ -57,8 +57,8 @@ def _spy(monkeypatch):
     seen = {"logits": []}
     build, process = trainers.build_trainer, EvaluatorBase.process
 
-    def spy_build(cfg):
-        seen["trainer"] = build(cfg)
+    def spy_build(cfg, **kwargs):
+        seen["trainer"] = build(cfg, **kwargs)
         return seen["trainer"]
 
     def spy_process(self, logits, batch):

@@ -28,7 +28,10 @@ def _node(name, **opts):
 
 
 def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
+    # the modules' own parameters and buffers (CoOp/CoCoOp checkpoints rename them to the official keys
+    # through a state-dict hook; the learners themselves are the same)
+    sa = {**dict(a.named_parameters()), **dict(a.named_buffers())}
+    sb = {**dict(b.named_parameters()), **dict(b.named_buffers())}
     assert list(sa) == list(sb)
     for k in sa:
         assert sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]), k
