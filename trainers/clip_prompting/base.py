@@ -139,7 +139,7 @@ class ClipTrainerBase(TrainerBase):
             "encoder": self._encoder_fingerprint,
             "transform": repr(transform),
             "views": views,
-            "seed": settings.seed if fc.transform_is_random(transform) else 0,
+            "seed": self.data.options.seed if fc.transform_is_random(transform) else 0,
             "data": fc.fingerprint_data(data),
         }
         path = os.path.join(settings.dir, f"{self.dataset.name}_{split}_{fc.key_digest(key)}.pt")
@@ -148,7 +148,7 @@ class ClipTrainerBase(TrainerBase):
             logger.info(f"feature cache: encoding {len(data)} {split} images x {views} view(s)")
             return fc.compute_features(
                 model.image_features, data, transform, views, key["seed"], image_loader.batch_size,
-                self.device, settings.num_workers, autocast(self.precision, self.device),
+                self.device, self.data.options.num_workers, autocast(self.precision, self.device),
                 num_classes=self.num_classes,
             )
 

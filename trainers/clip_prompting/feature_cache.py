@@ -55,17 +55,15 @@ class CacheSettings:
     mode: str  # auto | on | off
     views: int  # augmented views per training image (>= 1)
     dir: str  # folder of the cache files
-    seed: int  # the run's seed (>= 0): view k of a random transform is the image loader's epoch-k draw
-    num_workers: int  # data-loader workers while encoding
 
 
 def cache_settings_from_cfg(cfg) -> CacheSettings:
-    """``CACHE.*``, ``SEED`` and ``DATALOADER.NUM_WORKERS`` as plain values; a bad mode is a one-line error."""
+    """``CACHE.*`` as plain values; a bad mode is a one-line error (the loader settings used while
+    encoding, seed and workers, are the data bundle's ``LoaderOptions``)."""
     mode = cfg.CACHE.FEATURES.lower()
     if mode not in MODES:
         raise ConfigError(f"CACHE.FEATURES must be auto, on or off, got {cfg.CACHE.FEATURES!r}")
-    return CacheSettings(mode, max(1, int(cfg.CACHE.VIEWS)), cfg.CACHE.DIR, max(int(cfg.SEED), 0),
-                         int(cfg.DATALOADER.NUM_WORKERS))
+    return CacheSettings(mode, max(1, int(cfg.CACHE.VIEWS)), cfg.CACHE.DIR)
 
 
 def transform_is_random(transform: Any) -> bool:

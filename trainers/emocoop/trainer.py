@@ -69,8 +69,6 @@ class InitSettings:
     pixel_std: Any
     normalized_test: bool
     batch_size: int
-    num_workers: int
-    loader_seed: int
 
 
 def init_settings_from_cfg(cfg) -> InitSettings:
@@ -84,7 +82,6 @@ def init_settings_from_cfg(cfg) -> InitSettings:
         input_ident=f"{tuple(cfg.INPUT.SIZE)}:{cfg.INPUT.INTERPOLATION}",
         pixel_mean=cfg.INPUT.PIXEL_MEAN, pixel_std=cfg.INPUT.PIXEL_STD,
         normalized_test=normalized_from_cfg(cfg)[1], batch_size=int(cfg.DATALOADER.TEST.BATCH_SIZE),
-        num_workers=int(cfg.DATALOADER.NUM_WORKERS), loader_seed=max(cfg.SEED, 0),
     )
 
 
@@ -201,7 +198,7 @@ class EmoCoOp(ClipTrainerBase):
         def compute():
             loader = build_data_loader(
                 data, self.tfm_test, st.batch_size, is_train=False, num_classes=self.num_classes,
-                num_workers=st.num_workers, seed=st.loader_seed,
+                num_workers=self.data.options.num_workers, seed=self.data.options.seed,
             )
             feats = visual_clusters.extract_features(loader, extractor, self.device)
             logger.info(f"k-means (k={k}, seed {seed}) over {len(feats)} {feats.shape[1]}-d {extractor.name} features")
