@@ -208,25 +208,30 @@ def main(argv=None) -> int:
         return 1 if isinstance(e, TrainingError) else 2
 
 
-def interrupted_line() -> str:
-    """The one line printed on Ctrl-C: where the run can resume."""
+def interrupted_line(how: str = "interrupted") -> str:
+    """The one line printed on Ctrl-C (or a stop signal, ``how``): where the run can resume."""
     from trainers.engine.runstate import LAST_COMMIT
 
     if LAST_COMMIT.get("dir"):
         if LAST_COMMIT.get("finished"):
-            return f"interrupted: the run in {LAST_COMMIT['dir']} had finished"
-        return (f"interrupted: rerun the same command to resume the run in {LAST_COMMIT['dir']} "
+            return f"{how}: the run in {LAST_COMMIT['dir']} had finished"
+        return (f"{how}: rerun the same command to resume the run in {LAST_COMMIT['dir']} "
                 f"from epoch {LAST_COMMIT['epoch']} (the last saved epoch)")
-    return "interrupted before the first epoch was saved: rerun the same command to start again"
+    return f"{how} before the first epoch was saved: rerun the same command to start again"
 
 
-def cli() -> int:
-    """``python train.py``: :func:`main`, with Ctrl-C as one line and exit status 130."""
-    try:
-        return main()
-    except KeyboardInterrupt:
-        print(interrupted_line(), file=sys.stderr)
-        return 130
+def cli(argv=None) -> int:
+    """``python train.py``: :func:`main`, with Ctrl-C, SIGTERM and SIGUSR1 as one line and exit
+    status 128 + the signal number (130, 143, 138; see utils/signals.py)."""
+    from utils import signals
+
+    with signals.stop_signals_raise():
+        try:
+            return main(argv)
+        except KeyboardInterrupt as e:  # Ctrl-C, or signals.StopSignal
+            how = "interrupted" if not isinstance(e, signals.StopSignal) else f"stopped by {e.name}"
+            print(interrupted_line(how), file=sys.stderr)
+            return signals.exit_code(e)
 
 
 if __name__ == "__main__":
