@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Dict, List, Optional, Tuple
 
 FAILURES = "sweep_failures.jsonl"
@@ -29,7 +30,11 @@ def execute(cmd: List[str], env: Optional[Dict[str, str]] = None, log_path: Opti
             started=None) -> Tuple[int, List[str]]:
     """Run ``cmd``; return (exit code, last 20 lines of its stderr). Its stderr is streamed to ours,
     or, with ``log_path``, its stdout and stderr go to that file (appended). ``started(proc)`` is
-    called once the process exists (the caller keeps it to stop it)."""
+    called once the process exists (the caller keeps it to stop it).
+
+    The child's stderr is read by a thread and the process is polled, never waited on: a signal
+    handler of this process (submitit's preemption handler calling :meth:`TrainRun.checkpoint`) may
+    then stop the child and wait for it itself."""
     tail: collections.deque = collections.deque(maxlen=20)
     log = None
     try:
@@ -40,17 +45,29 @@ def execute(cmd: List[str], env: Optional[Dict[str, str]] = None, log_path: Opti
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.PIPE, text=True, errors="replace", env=env)
         except OSError as e:  # e.g. --python not found
             return 127, [f"cannot start {cmd[0]}: {e.strerror}"]
+        sink = log or sys.stderr
+
+        def pump() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                sink.write(line)
+                sink.flush()
+                tail.append(line.rstrip("\n"))
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        proc.reader = reader  # type: ignore[attr-defined]  # TrainRun.checkpoint joins it
         if started is not None:
             started(proc)
         try:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                (log or sys.stderr).write(line)
-                tail.append(line.rstrip("\n"))
-            return proc.wait(), list(tail)
+            while proc.poll() is None:
+                time.sleep(0.1)
         except KeyboardInterrupt:
             stop(proc)
+            reader.join(timeout=10)
             raise
+        reader.join()
+        return proc.returncode, list(tail)
     finally:
         if log is not None:
             log.close()
@@ -134,6 +151,9 @@ class TrainRun:
         proc = self._proc
         if proc is not None:
             code = stop(proc)
+            reader = getattr(proc, "reader", None)
+            if reader is not None:
+                reader.join(timeout=10)  # its last lines (where it resumes) reach the job's log
             print(f"preempted: train.py stopped with exit code {code}; requeued, it resumes from its last "
                   f"committed epoch in {self.output_dir}", flush=True)
         return submitit.helpers.DelayedSubmission(TrainRun(self.cmd, self.output_dir, self.output_root, self.env))
