@@ -83,6 +83,10 @@ def test_changed_result_option_is_refused_then_rerun(data_root, tmp_path, capsys
     assert f"{run_dir} holds a run with another config (OPTIM.MAX_EPOCH 2 -> 3): not run" in out
     assert "refused 1 (another config)" in out
     assert final_test(str(run_dir)) == first  # nothing touched
+    assert sweep.main(argv("OPTIM.MAX_EPOCH", "3", extra=("--status",))) == 0
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        f"refused  {run_dir}: holds a run with another config (OPTIM.MAX_EPOCH 2 -> 3)",
+        "status: 1 runs: 0 finished, 0 failed, 0 started, 0 pending, 1 refused (another config)"]
 
     # options that cannot change results do not change the run's identity
     assert sweep.main(argv("TRAIN.PRINT_FREQ", "3", "CACHE.DIR", str(tmp_path / "other_cache"))) == 0
@@ -348,3 +352,23 @@ def test_two_nodes_match_one_node_and_resume_after_a_node_is_killed(data_root, t
     assert got.keys() == one_node.keys()
     for k in got:
         assert got[k] == pytest.approx(one_node[k], abs=1e-6), k
+
+
+def test_parse_results_refuses_a_setting_whose_seeds_have_different_configs(tmp_path, capsys):
+    from tools import parse_results
+
+    setting = tmp_path / "SyntheticEmotion" / "CoOp" / "tiny_synthetic_2shots" / "default"
+    for seed, epochs, workers in ((1, 10, 0), (2, 3, 4), (3, 3, 0)):
+        d = setting / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "metrics.jsonl").write_text(json.dumps({"split": "test", "final": True, "metrics": {"accuracy": 50.0}}) + "\n")
+        (d / "config.yaml").write_text(f"SEED: {seed}\nOUTPUT_DIR: {d}\nOPTIM:\n  MAX_EPOCH: {epochs}\n"
+                                       f"DATALOADER:\n  NUM_WORKERS: {workers}\n")
+    assert parse_results.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {setting}: its runs have different configs (OPTIM.MAX_EPOCH 10 in seed1 vs 3 in seed2, seed3): "
+                   "rerun them with one config (tools/sweep.py refuses or, with --rerun-changed, restarts the runs "
+                   "whose folder holds another config)"]
+    (setting / "seed1" / "config.yaml").write_text("SEED: 1\nOPTIM:\n  MAX_EPOCH: 3\n")  # seed, workers, folder: no matter
+    assert parse_results.main([str(tmp_path)]) == 0
+    assert "50.00 ± 0.00" in capsys.readouterr().out

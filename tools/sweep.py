@@ -498,12 +498,16 @@ def _last_by_dir(path: str) -> Dict[str, dict]:
 
 
 def run_status(run: Run, failures: Dict[str, dict], jobs: Dict[str, dict]) -> Tuple[str, str]:
-    """(state, detail) of one run: finished, failed, started, pending."""
+    """(state, detail) of one run: finished, failed, started, pending, or refused (its folder holds
+    another config: the sweep would not run it, and its result is not this run's)."""
     import json
 
     job = jobs.get(run.output_dir)
     fail = failures.get(run.output_dir)
     job_note = f" (job {job['job_id']}, {job['launcher']})" if job else ""
+    changes = config_conflict(run)
+    if changes:
+        return "refused", "holds a run with another config (" + "; ".join(changes[:8]) + ")"
     if is_finished(run.output_dir):
         return "finished", ""
     epoch, max_epoch = None, None
@@ -530,7 +534,8 @@ def status(runs: List[Run], args: argparse.Namespace) -> int:
         counts[state] = counts.get(state, 0) + 1
         print(f"{state:8s} {run.output_dir}" + (f": {detail}" if detail else ""))
     print(f"status: {len(runs)} runs: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in
-                                                    ("finished", "failed", "started", "pending")))
+                                                    ("finished", "failed", "started", "pending"))
+          + (f", {counts['refused']} refused (another config)" if counts.get("refused") else ""))
     return 0
 
 
