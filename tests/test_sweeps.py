@@ -20,8 +20,9 @@ from tools import sweep
 TINY = ["DATASET.SYNTHETIC.N_TRAIN_PER_CLASS", "4", "DATASET.SYNTHETIC.N_VAL_PER_CLASS", "2",
         "DATASET.SYNTHETIC.N_TEST_PER_CLASS", "3", "DATALOADER.TRAIN_X.BATCH_SIZE", "8",
         "TRAIN.PROGRESS_BAR", "False", "OPTIM.MAX_EPOCH", "2"]
-#: the preempted / signalled run of the 4-run sweeps
+#: the preempted / signalled run of the 4-run sweeps, and its folder under the output root
 PAUSED = os.path.join("tiny_synthetic_2shots", "default", "seed2")
+PAUSED_RUN = os.path.join("SyntheticEmotion", "PausingCoOp", PAUSED)
 GUARD = 900  # seconds: hang guard for subprocesses, never a speed requirement
 
 
@@ -213,7 +214,7 @@ def test_stop_signal_mid_epoch_then_rerun_equals_uninterrupted(data_root, tmp_pa
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=GUARD)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from" in open(os.path.join(out, "log.txt")).read()
-    assert final_test(out) == ref[PAUSED]
+    assert final_test(out) == ref[PAUSED_RUN]
 
 
 # ----------------------------------------------------------------------------- submitit
