@@ -131,7 +131,7 @@ args, opts = p.parse_known_args()
 os.makedirs(args.output_dir, exist_ok=True)
 with open(os.path.join(args.output_dir, "env.json"), "w") as f:
     json.dump({k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")}, f)
-time.sleep(0.5)
+time.sleep(float(os.environ.get("FAKE_SLEEP", "0.5")))
 if args.seed == 2:
     print("RuntimeError: boom", file=sys.stderr)
     sys.exit(3)
@@ -172,6 +172,28 @@ def test_jobs_hand_out_gpus_or_split_threads_and_keep_the_failure_rules(tmp_path
     assert sweep.main([*base, "--output-root", str(root), "--jobs", "3", "--gpus", "0,1"]) == 2
     assert capsys.readouterr().err.strip() == ("error: --jobs 3 needs 3 GPUs, one per run, but 2 are visible (0,1): "
                                                "lower --jobs or give --gpus")
+
+
+def test_sigterm_to_the_sweep_stops_its_running_runs(tmp_path):
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    root = tmp_path / "out"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "sweep.py"), "--trainer", "Fake", "--dataset-config-file",
+           SYN_CFG, "--config-file", COOP_CFG, "--seeds", "1", "3", "4", "--train-script", str(script),
+           "--output-root", str(root), "--jobs", "2", "--gpus", "none"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "FAKE_SLEEP": "600"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    end = time.time() + GUARD
+    while len(glob.glob(str(root / "**" / "env.json"), recursive=True)) < 2:  # two runs started
+        assert proc.poll() is None and time.time() < end
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=GUARD)
+    assert proc.returncode == 143
+    assert err.strip().splitlines()[-1] == ("sweep stopped: 2 running run(s) were stopped at their last committed "
+                                            "epoch; rerun the same sweep to resume them")
+    assert len(glob.glob(str(root / "**" / "env.json"), recursive=True)) == 2  # the third never started
+    assert "done in" not in out and not (root / "sweep_failures.jsonl").exists()
 
 
 def test_jobs_2_finishes_the_same_runs_with_the_same_metrics(data_root, tmp_path, reference, capsys):
