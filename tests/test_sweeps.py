@@ -215,6 +215,27 @@ def _wait_for(path: str, proc: subprocess.Popen) -> str:
     return open(path).read()
 
 
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGUSR1, 138), (signal.SIGUSR2, 140),
+                                      (signal.SIGINT, 130)])
+def test_cli_turns_stop_signals_into_one_line_and_128_plus_the_signal(monkeypatch, capsys, sig, code):
+    import train
+    from trainers.engine import runstate
+
+    def signalled(argv=None):
+        os.kill(os.getpid(), sig)
+        time.sleep(60)  # the handler raises long before
+        raise AssertionError("no signal")
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
+    monkeypatch.setattr(train, "main", signalled)
+    monkeypatch.setattr(runstate, "LAST_COMMIT", {"dir": "out/run", "epoch": 3, "finished": False})
+    assert train.cli() == code
+    how = "interrupted" if sig == signal.SIGINT else f"stopped by {signal.Signals(sig).name}"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"{how}: rerun the same command to resume the run in out/run from epoch 3 (the last saved epoch)"]
+    assert {s: signal.getsignal(s) for s in before} == before  # the earlier handlers are back
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGUSR1, 138)])
 def test_stop_signal_mid_epoch_then_rerun_equals_uninterrupted(data_root, tmp_path, reference, sig, code):
     ref_root, ref = reference
