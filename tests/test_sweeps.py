@@ -343,8 +343,29 @@ def _torchrun(nnodes: int, node_rank: int, nproc: int, port: int, args, env) -> 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node-rank", str(node_rank),
            "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1", "--master-port", str(port),
            os.path.join(ROOT, "train.py"), *args]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # its own process group: a "node" to kill whole
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _kill_node(launcher: subprocess.Popen) -> None:
+    """SIGKILL a "node": its torchrun launcher and every process under it (torchrun starts its workers
+    in their own sessions, so the launcher's process group alone would leave them running)."""
+    children: dict = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = open(stat).read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
+    tree, todo = [], [launcher.pid]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _two_nodes(args, env):
@@ -364,41 +385,49 @@ def one_node(data_root, tmp_path_factory):
 
 @pytest.mark.parametrize("killed", [0, 1])
 def test_two_nodes_match_one_node_and_resume_after_a_node_is_killed(data_root, tmp_path, one_node, killed):
-    out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1",
-           # the killed node's worker waits inside epoch 2's validation, so the kill lands after epoch 1's
-           # commit and before the run can finish
-           "EMOLAB_KILL_AT": "eval:val@2", "EMOLAB_KILL_MODE": "hang", "EMOLAB_KILL_RANK": str(killed)}
-    nodes = _two_nodes(_train_args(data_root, out), env)
-    state = out / "run_state.json"
-    end = time.time() + GUARD
-    while not (state.exists() and json.loads(state.read_text() or "{}").get("epoch", 0) >= 1):
-        assert all(n.poll() is None for n in nodes) and time.time() < end
-        time.sleep(0.2)
-    os.killpg(nodes[killed].pid, signal.SIGKILL)  # the whole node: launcher and worker
-    other = nodes[1 - killed]
-    log, _ = other.communicate(timeout=GUARD)  # its worker stops within TRAIN.DIST_TIMEOUT
-    assert other.returncode != 0
-    nodes[killed].wait(timeout=GUARD)
-    assert json.loads(state.read_text())["epoch"] in (1, 2)
-    assert not any(r.get("final") for r in read_metrics(str(out)))
+    launched = []
+    try:
+        out = tmp_path / "run"
+        env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1",
+               # the killed node's worker waits inside epoch 2's validation, so the kill lands after epoch 1's
+               # commit and before the run can finish
+               "EMOLAB_KILL_AT": "eval:val@2", "EMOLAB_KILL_MODE": "hang", "EMOLAB_KILL_RANK": str(killed)}
+        nodes = _two_nodes(_train_args(data_root, out), env)
+        launched += nodes
+        state = out / "run_state.json"
+        end = time.time() + GUARD
+        while not (state.exists() and json.loads(state.read_text() or "{}").get("epoch", 0) >= 1):
+            assert all(n.poll() is None for n in nodes) and time.time() < end
+            time.sleep(0.2)
+        _kill_node(nodes[killed])  # the whole node: launcher and worker
+        other = nodes[1 - killed]
+        log, _ = other.communicate(timeout=GUARD)  # its worker stops within TRAIN.DIST_TIMEOUT
+        assert other.returncode != 0
+        nodes[killed].wait(timeout=GUARD)
+        assert json.loads(state.read_text())["epoch"] in (1, 2)
+        assert not any(r.get("final") for r in read_metrics(str(out)))
 
-    env = {k: v for k, v in env.items() if not k.startswith("EMOLAB_KILL")}
-    nodes = _two_nodes(_train_args(data_root, out), env)
-    logs = [n.communicate(timeout=GUARD)[0] for n in nodes]
-    assert [n.returncode for n in nodes] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
-    text = (out / "log.txt").read_text()
-    assert "resumed from" in text and "distributed: world size 2" in text
-    assert text.count("evaluate on the *test* set") == 1  # one final test, written once
-    files = set(os.listdir(out / "prompt_learner"))  # written once, by rank 0: no second set, no leftovers
-    assert {"checkpoint", "model-best.pth.tar", "model.pth.tar-3"} <= files
-    assert all(f in ("checkpoint", "model-best.pth.tar") or f.startswith("model.pth.tar-") and ".tmp" not in f
-               for f in files), files
-    assert sum(1 for r in read_metrics(str(out)) if r.get("final")) == 1
-    got = final_test(str(out))
-    assert got.keys() == one_node.keys()
-    for k in got:
-        assert got[k] == pytest.approx(one_node[k], abs=1e-6), k
+        env = {k: v for k, v in env.items() if not k.startswith("EMOLAB_KILL")}
+        nodes = _two_nodes(_train_args(data_root, out), env)
+        launched += nodes
+        logs = [n.communicate(timeout=GUARD)[0] for n in nodes]
+        assert [n.returncode for n in nodes] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+        text = (out / "log.txt").read_text()
+        assert "resumed from" in text and "distributed: world size 2" in text
+        assert text.count("evaluate on the *test* set") == 1  # one final test, written once
+        files = set(os.listdir(out / "prompt_learner"))  # written once, by rank 0: no second set, no leftovers
+        assert {"checkpoint", "model-best.pth.tar", "model.pth.tar-3"} <= files
+        assert all(f in ("checkpoint", "model-best.pth.tar") or f.startswith("model.pth.tar-") and ".tmp" not in f
+                   for f in files), files
+        assert sum(1 for r in read_metrics(str(out)) if r.get("final")) == 1
+        got = final_test(str(out))
+        assert got.keys() == one_node.keys()
+        for k in got:
+            assert got[k] == pytest.approx(one_node[k], abs=1e-6), k
+    finally:  # no launcher or worker outlives the test
+        for n in launched:
+            if n.poll() is None:
+                _kill_node(n)
 
 
 def test_parse_results_refuses_a_setting_whose_seeds_have_different_configs(tmp_path, capsys):

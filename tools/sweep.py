@@ -313,7 +313,8 @@ def run_local(todo: List[Run], args: argparse.Namespace, n_total: int, counter: 
                 counter["done"] += 1
                 head = f"[{counter['done']}/{n_total}] {run.output_dir}"
                 if code == 0:
-                    print(f"{head}: done in {time.time() - t0:.1f} s" + (f" ({envs[slot]['CUDA_VISIBLE_DEVICES'] and 'GPU ' + envs[slot]['CUDA_VISIBLE_DEVICES']})" if gpus else ""), flush=True)
+                    on_gpu = f" on GPU {envs[slot]['CUDA_VISIBLE_DEVICES']}" if gpus else ""
+                    print(f"{head}: done in {time.time() - t0:.1f} s{on_gpu}", flush=True)
                 else:
                     failed.append(run)
                     record_failure(args.output_root, run.cmd, run.output_dir, code, tail)
