@@ -221,8 +221,8 @@ def interrupted_line(how: str = "interrupted") -> str:
 
 
 def cli(argv=None) -> int:
-    """``python train.py``: :func:`main`, with Ctrl-C, SIGTERM and SIGUSR1 as one line and exit
-    status 128 + the signal number (130, 143, 138; see utils/signals.py)."""
+    """``python train.py``: :func:`main`, with Ctrl-C, SIGTERM, SIGUSR1 and SIGUSR2 as one line and
+    exit status 128 + the signal number (130, 143, 138, 140; see utils/signals.py)."""
     from utils import signals
 
     with signals.stop_signals_raise():
