@@ -51,7 +51,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.sweep_jobs import FAILURES, JOBS, TrainRun, append_record, execute, now, record_failure, stop  # noqa: E402
+from tools import sweep_jobs  # noqa: E402
+from tools.sweep_jobs import FAILURES, JOBS, TrainRun, append_record, now, record_failure, stop  # noqa: E402
 from utils.fileio import read_records  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -248,6 +249,13 @@ def conflict_line(run: Run, changes: List[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- local runs
+def execute(run: Run, env: Optional[Dict[str, str]] = None, log_path: Optional[str] = None,
+            started=None) -> Tuple[int, List[str]]:
+    """Run one run's command: (exit code, last 20 stderr lines); see ``sweep_jobs.execute`` (tests
+    replace this function to run ``train.py`` in-process)."""
+    return sweep_jobs.execute(run.cmd, env=env, log_path=log_path, started=started)
+
+
 def detect_gpus(spec: Optional[str]) -> List[str]:
     """GPU ids for ``--gpus`` (``none`` = CPU only), else ``CUDA_VISIBLE_DEVICES``, else what torch sees."""
     if spec is not None:
@@ -304,8 +312,7 @@ def run_local(todo: List[Run], args: argparse.Namespace, n_total: int, counter: 
             log = os.path.join(run.output_dir, "sweep_log.txt") if args.jobs > 1 else None
             if args.jobs == 1:
                 print(f"{run.output_dir}\n  {shlex.join(run.cmd)}", flush=True)
-            code, tail = execute(run.cmd, env=env, log_path=log,
-                                 started=lambda p: procs.__setitem__(id(run), p))
+            code, tail = execute(run, env=env, log_path=log, started=lambda p: procs.__setitem__(id(run), p))
             procs.pop(id(run), None)
             if stopping.is_set():
                 return
