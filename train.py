@@ -216,25 +216,31 @@ def main(argv=None) -> int:
         return 1 if isinstance(e, TrainingError) else 2
 
 
-def interrupted_line(last_commit=None) -> str:
-    """The one line printed on Ctrl-C: where the run can resume (``last_commit``: the trainer's,
-    carried by :class:`Interrupted`)."""
+def interrupted_line(last_commit=None, how: str = "interrupted") -> str:
+    """The one line printed on Ctrl-C (or a stop signal, ``how``): where the run can resume
+    (``last_commit``: the trainer's, carried by :class:`Interrupted`)."""
     last = last_commit or {}
     if last.get("dir"):
         if last.get("finished"):
-            return f"interrupted: the run in {last['dir']} had finished"
-        return (f"interrupted: rerun the same command to resume the run in {last['dir']} "
+            return f"{how}: the run in {last['dir']} had finished"
+        return (f"{how}: rerun the same command to resume the run in {last['dir']} "
                 f"from epoch {last['epoch']} (the last saved epoch)")
-    return "interrupted before the first epoch was saved: rerun the same command to start again"
+    return f"{how} before the first epoch was saved: rerun the same command to start again"
 
 
-def cli() -> int:
-    """``python train.py``: :func:`main`, with Ctrl-C as one line and exit status 130."""
-    try:
-        return main()
-    except KeyboardInterrupt as e:
-        print(interrupted_line(getattr(e, "last_commit", None)), file=sys.stderr)
-        return 130
+def cli(argv=None) -> int:
+    """``python train.py``: :func:`main`, with Ctrl-C, SIGTERM, SIGUSR1 and SIGUSR2 as one line and
+    exit status 128 + the signal number (130, 143, 138, 140; see utils/signals.py)."""
+    from utils import signals
+
+    with signals.stop_signals_raise():
+        try:
+            return main(argv)
+        except KeyboardInterrupt as e:  # Ctrl-C or signals.StopSignal, wrapped in Interrupted during a run
+            cause = e.__cause__ if isinstance(e, Interrupted) and e.__cause__ is not None else e
+            how = f"stopped by {cause.name}" if isinstance(cause, signals.StopSignal) else "interrupted"
+            print(interrupted_line(getattr(e, "last_commit", None), how), file=sys.stderr)
+            return signals.exit_code(cause)
 
 
 if __name__ == "__main__":

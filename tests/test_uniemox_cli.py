@@ -84,7 +84,7 @@ def test_missing_init_and_bad_keys_are_one_line_errors(root, tmp_path, capsys):
 def test_sweep_runs_both_stages(root, tmp_path, monkeypatch):
     import tools.sweep as sweep
 
-    def in_process(run):  # the sweep's command line, run by train.py's main in this process (no interpreter start-up)
+    def in_process(run, **_):  # the sweep's command line, run by train.py's main in this process (no interpreter start-up)
         assert run.cmd[1].endswith("train.py")
         return run_cli(run.cmd[2:]), []
 

@@ -22,6 +22,11 @@ t(0.975, n-1) * std / sqrt(n) (Student t, scipy when installed, else a built-in 
 than 3 runs that interval is not meaningful: the cell says ``n<3`` and a warning is printed.
 
 ``--pivot`` prints one metric as a methods x shots table instead (mean ± std per cell).
+
+The runs of one setting must share their config (each run's ``config.yaml``): a setting whose runs
+differ in a key that changes results (anything but the seed, the folders, and the keys ``train.py``
+lets a resumed run change) stops with one line per setting naming the keys, exit 2, rather than
+averaging results of different configs.
 """
 from __future__ import annotations
 
@@ -143,6 +148,59 @@ def setting_of(path: str, pool: Sequence[str] = ()) -> str:
                 parts.append("_".join(kept))
         setting = os.sep.join(parts)
     return setting
+
+
+def _flat(d, prefix: str = "") -> Dict[str, object]:
+    out: Dict[str, object] = {}
+    for k, v in (d.items() if isinstance(d, dict) else ()):
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + str(k)] = v
+    return out
+
+
+def mixed_configs(groups: Dict[str, List[RunResult]], pool: Sequence[str] = ()) -> List[str]:
+    """One line per setting whose runs were trained with different configs (a mean over them would
+    mix results): the keys that differ, besides the seed, the folders and the keys that cannot change
+    results (``NON_RESULT_KEYS`` of ``trainers/engine/runstate.py``) or that ``pool`` pools over."""
+    import yaml
+
+    problems = []
+    loaded: Dict[str, Optional[dict]] = {}
+    for setting, group in groups.items():
+        configs = {}
+        for run in group:
+            path = os.path.join(run.path, "config.yaml")
+            if path not in loaded:
+                try:
+                    with open(path, encoding="utf-8") as f:
+                        loaded[path] = yaml.safe_load(f) or {}
+                except (OSError, ValueError, yaml.YAMLError):
+                    loaded[path] = None
+            if loaded[path] is not None:
+                configs[os.path.basename(run.path)] = loaded[path]
+        if len(configs) < 2:
+            continue
+        from trainers.engine.runstate import NON_RESULT_KEYS  # imports torch: only when there is something to compare
+
+        ignore = set(NON_RESULT_KEYS) | {"SEED"}
+        flat = {name: _flat(c) for name, c in configs.items()}
+        keys = sorted(set.intersection(*(set(f) for f in flat.values())))  # a key only one version has: no matter
+        diffs = []
+        for k in keys:
+            if k in ignore or any(k.split(".")[-1].lower() == p.lower() for p in pool):
+                continue
+            values: Dict[str, List[str]] = {}
+            for name, f in flat.items():
+                v = f.get(k)
+                values.setdefault(repr(list(v) if isinstance(v, (list, tuple)) else v), []).append(name)
+            if len(values) > 1:
+                diffs.append(f"{k} " + " vs ".join(f"{v} in {', '.join(n)}" for v, n in values.items()))
+        if diffs:
+            problems.append(f"{setting}: its runs have different configs ({'; '.join(diffs[:4])}"
+                            + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "") + ")")
+    return problems
 
 
 def natural_key(text: str) -> list:
@@ -311,7 +369,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             extra = f"did you mean {hint[0]!r}?" if hint else f"available: {', '.join(known)}"
             print(f"error: metric {m!r} is in no run ({extra})", file=sys.stderr)
             return 2
-    cols, rows = build_rows(group_runs(runs, [k.lower() for k in args.pool]), args.metric)
+    pool = [k.lower() for k in args.pool]
+    groups = group_runs(runs, pool)
+    problems = mixed_configs(groups, pool)
+    if problems:
+        for line in problems:
+            print(f"error: {line}: rerun them with one config (tools/sweep.py refuses or, with "
+                  "--rerun-changed, restarts the runs whose folder holds another config)", file=sys.stderr)
+        return 2
+    cols, rows = build_rows(groups, args.metric)
     if args.pivot:
         print(pivot(cols[0], rows))
     else:

@@ -51,6 +51,9 @@ class ZeroshotCLIP(ClipTrainerBase):
     """Evaluates CLIP with prompt templates; ``train()`` only runs the final test."""
 
     supports_feature_cache = True  # the model has image_features() and forward(x, features=True)
+    #: nothing trains and nothing random happens at test time: the seed cannot change the results, so
+    #: tools/sweep.py runs one seed for all (tests/test_sweeps.py checks two seeds give the same numbers)
+    SEED_INDEPENDENT = True
 
     def precision_setting(self) -> str:
         return self.cfg.TRAINER.ZSCLIP.PREC
