@@ -212,7 +212,7 @@ def config_conflict(run: Run) -> List[str]:
     try:
         import_extensions(args.imports)
         cfg = train.setup_cfg(args)
-        return runstate.config_changes(saved, cfg)
+        return runstate.config_changes(saved, cfg.dump())
     except EmoLabError as e:  # a bad config: train.py says so in one line when the run starts
         return [f"(cannot build this run's config: {e})"]
 
