@@ -3,7 +3,7 @@
 Everything the framework writes (checkpoints, caches, anchor files, generated data) goes through
 :func:`atomic_torch_save` or :func:`atomic_write`, so a crash never leaves a half-written file
 under the final name; tensor files are read with :func:`safe_torch_load` (``weights_only=True``,
-a one-line :class:`CheckpointError` naming the file otherwise).
+declared sizes checked first, a one-line :class:`CheckpointError` naming the file otherwise).
 """
 from __future__ import annotations
 
@@ -45,12 +45,22 @@ def safe_torch_load(path: str, what: str = "checkpoint") -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; one-line errors for missing/bad files."""
     import torch
 
+    from .safe_unpickle import check_tensor_sizes, check_torch_file
+
     if not os.path.isfile(path):
         raise CheckpointError(f"{what} not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+    try:  # declared sizes before reading, tensors larger than their storage after (utils.safe_unpickle)
+        budget = check_torch_file(path)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        check_tensor_sizes(obj, budget)
+        return obj
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot read {what} {path}: {e}") from None
+    except MemoryError:
+        raise CheckpointError(f"cannot read {what} {path}: reading it ran out of memory (a damaged or crafted file)") from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise CheckpointError(f"cannot read {what} {path}: {str(e).splitlines()[0]}") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"cannot read {what} {path}: {first}") from None
 
 
 @contextlib.contextmanager
