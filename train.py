@@ -142,6 +142,9 @@ def run(args: argparse.Namespace) -> int:
     if is_main:
         runstate.prepare_output_dir(out)
         runstate.lock_output_dir(out)
+        from utils.fileio import remove_stale_temporaries
+
+        remove_stale_temporaries(out, depth=2, any_pid=True)  # half-written files of a killed run (we hold the lock)
     try:
         what = runstate.check_rerun(cfg, args.restart, args.eval_only)
         if what == "finished":

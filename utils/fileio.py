@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from .errors import CheckpointError
@@ -22,12 +23,67 @@ except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None  # type: ignore[assignment]
 
 
+_TMP_RE = re.compile(r"\.tmp\.(\d+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but belongs to someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: str, depth: int = 2, any_pid: bool = False, prefix: str = "") -> List[str]:
+    """Delete the ``<name>.tmp.<pid>`` files a killed writer left in ``directory`` (and ``depth - 1``
+    levels of sub-folders): those of processes no longer running, or of every other process with
+    ``any_pid`` (the caller holds the folder's lock, so nobody else writes there). Only names starting
+    with ``prefix`` are considered. Returns the removed paths."""
+    removed: List[str] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for e in entries:
+        try:
+            if e.is_dir(follow_symlinks=False):
+                if depth > 1 and not prefix:
+                    removed += remove_stale_temporaries(e.path, depth - 1, any_pid)
+                continue
+        except OSError:
+            continue
+        m = _TMP_RE.search(e.name)
+        if not m or not e.name.startswith(prefix):
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() or (not any_pid and _pid_alive(pid)):
+            continue
+        try:
+            os.remove(e.path)
+            removed.append(e.path)
+        except OSError:
+            pass
+    return removed
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, then rename the temporary file to ``path`` (parents created)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Call ``write(tmp_path)``, then rename the temporary file to ``path`` (parents created).
+
+    Temporaries of ``path`` left by killed processes (``path.tmp.<pid>``) are deleted first; the
+    kill harness may stop the process between the two steps (instant ``write:<file name>``)."""
+    from .killpoints import killpoint
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    remove_stale_temporaries(folder, depth=1, prefix=os.path.basename(path) + ".tmp.")
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         write(tmp)
+        killpoint(f"write:{os.path.basename(path)}")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -61,6 +117,32 @@ def safe_torch_load(path: str, what: str = "checkpoint") -> Any:
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for the user
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"cannot read {what} {path}: {first}") from None
+
+
+def mend_cut_line(path: str) -> bool:
+    """Cut off a last line without its newline (what a kill during an append leaves); True if one was."""
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return False
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return False
+            pos = size
+            while pos > 0:  # back to the last newline, 64 KiB at a time
+                step = min(pos, 1 << 16)
+                f.seek(pos - step)
+                chunk = f.read(step)
+                i = chunk.rfind(b"\n")
+                if i >= 0:
+                    pos = pos - step + i + 1
+                    break
+                pos -= step
+            f.truncate(pos)
+            return True
+    except FileNotFoundError:
+        return False
 
 
 @contextlib.contextmanager
