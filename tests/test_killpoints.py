@@ -255,20 +255,20 @@ def test_sigkill_during_caption_embedding_write(tmp_path):
 def test_sigkill_during_eval_only_records_write(tmp_path, data_root):
     """An ``--eval-only`` run killed with half of its ``eval.jsonl`` line written: the rerun's records are
     whole lines, the cut line is gone, and they equal those of an uninterrupted ``--eval-only`` run."""
-    def ev(out):
-        return trainer_args("CoOp", data_root, out, str(tmp_path / "cache")) + []
+    def ev(out, *flags):
+        return [*flags] + trainer_args("CoOp", data_root, out, str(tmp_path / "cache"))
 
     ref, out = tmp_path / "ref", tmp_path / "killed"
     assert run_cli(ev(ref)) == 0
     import shutil
 
     shutil.copytree(ref, out)
-    assert run_cli(ev(ref) + ["--eval-only"]) == 0
-    r = _subprocess(ev(out) + ["--eval-only"], {"EMOLAB_KILL_AT": "append:eval.jsonl"})
+    assert run_cli(ev(ref, "--eval-only")) == 0
+    r = _subprocess(ev(out, "--eval-only"), {"EMOLAB_KILL_AT": "append:eval.jsonl"})
     assert r.returncode == -9, r.stderr[-2000:]
     cut = (out / "eval.jsonl").read_bytes()
     assert cut and not cut.endswith(b"\n")  # the kill fell inside the line
-    assert run_cli(ev(out) + ["--eval-only"]) == 0
+    assert run_cli(ev(out, "--eval-only")) == 0
     lines = (out / "eval.jsonl").read_text().splitlines()
     got = [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
     want = [{k: v for k, v in json.loads(line).items() if k != "time"} for line in (ref / "eval.jsonl").read_text().splitlines()]
