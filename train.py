@@ -126,6 +126,17 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--model-dir {args.model_dir} does not exist")
 
 
+def check_output_outside_data(cfg) -> None:
+    """OUTPUT_DIR may not be the dataset root or lie inside it: a run would write into the data."""
+    root, out = cfg.DATASET.ROOT, cfg.OUTPUT_DIR
+    if not root or not out:
+        return
+    r, o = os.path.realpath(root), os.path.realpath(out)
+    if o == r or o.startswith(r.rstrip(os.sep) + os.sep):
+        raise ConfigError(f"OUTPUT_DIR {out} is inside the dataset folder DATASET.ROOT {root}: a run writes its "
+                          "checkpoints and logs there; choose an --output-dir outside the data")
+
+
 def run(args: argparse.Namespace) -> int:
     from trainers.extensions import import_extensions
     from trainers import build_trainer
@@ -137,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)
     runstate.LAST_COMMIT.clear()
     cfg = setup_cfg(args)
+    check_output_outside_data(cfg)
     is_main = int(os.environ.get("RANK", 0)) == 0
     out = cfg.OUTPUT_DIR
     if is_main:

@@ -105,6 +105,11 @@ class DatasetBase:
         self._root = os.path.abspath(root) if root else ""
         for split, data in (("train", self._train_x), ("val", self._val), ("test", self._test)):
             _validate(data, split, len(self._classnames), self._name)
+        empty = [split for split, data in (("train", self._train_x), ("test", self._test)) if not data]
+        if empty:  # a metric over no samples, or a model trained on none, means nothing
+            raise DatasetError(f"dataset {self._name}: the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} "
+                               f"hold{'' if len(empty) > 1 else 's'} no samples (check the split files and DATASET.* "
+                               "settings that select samples)")
 
     @property
     def train_x(self) -> List[Datum]:

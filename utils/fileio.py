@@ -12,7 +12,7 @@ import os
 import re
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-from .errors import CheckpointError
+from .errors import CheckpointError, WriteError
 
 #: The repository's root folder (parent of ``utils/``): relative paths in configs may be given from here.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,7 +78,10 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     from .killpoints import killpoint
 
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a setting naming a file where a folder belongs
+        raise WriteError(f"cannot write {path}: {folder} (or a folder above it) is a file, not a folder") from None
     remove_stale_temporaries(folder, depth=1, prefix=os.path.basename(path) + ".tmp.")
     tmp = f"{path}.tmp.{os.getpid()}"
     try:

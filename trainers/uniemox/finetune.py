@@ -146,7 +146,9 @@ class UniEmoX(TrainerBase):
         optim = adamw(groups, lr, (cfg.OPTIM.ADAM_BETA1, cfg.OPTIM.ADAM_BETA2), fused=fused)
         sched = build_schedule(optim, lr, float(u.MIN_LR), float(cfg.OPTIM.WARMUP_EPOCH), float(cfg.OPTIM.MAX_EPOCH),
                                len(self.train_loader))
-        logger.info(f"lr {lr:.3g} (BLR {u.BLR} x batch {cfg.DATALOADER.TRAIN_X.BATCH_SIZE} x {self.world_size} / 256), "
+        how = (f"BLR {u.BLR} x batch {cfg.DATALOADER.TRAIN_X.BATCH_SIZE} x {self.world_size} / 256" if u.BLR > 0
+               else "OPTIM.LR, as TRAINER.UNIEMOX.BLR is 0")
+        logger.info(f"lr {lr:.3g} ({how}), "
                     f"layer decay {u.LAYER_DECAY if u.LAYER_DECAY_ENABLED else 'off'}, {len(groups)} parameter groups")
         self.register_model("model", self.model, optim=optim, sched=sched)
         self.mixup = self._build_mixup()
