@@ -52,7 +52,7 @@ def vit_size(node: CN, key: str) -> Tuple[int, int, int, int]:
 def effective_lr(cfg, node: CN, world_size: int) -> float:
     """``BLR * batch * world / 256`` when ``BLR > 0``, ``OPTIM.LR`` when it is 0; a negative BLR is refused."""
     if not node.BLR >= 0:  # NaN included
-        key = "TRAINER.UNIEMOX_PRETRAIN" if node is cfg.TRAINER.get("UNIEMOX_PRETRAIN") else "TRAINER.UNIEMOX"
+        key = "TRAINER.UNIEMOX_PRETRAIN" if "MASK_RATIO" in node else "TRAINER.UNIEMOX"
         raise ConfigError(f"{key}.BLR must be >= 0 (0 = use OPTIM.LR), got {node.BLR}")
     if node.BLR > 0:
         return float(node.BLR) * cfg.DATALOADER.TRAIN_X.BATCH_SIZE * world_size / 256.0

@@ -151,7 +151,7 @@ class UniEmoX(TrainerBase):
         logger.info(f"lr {lr:.3g} ({how}), "
                     f"layer decay {u.LAYER_DECAY if u.LAYER_DECAY_ENABLED else 'off'}, {len(groups)} parameter groups")
         self.register_model("model", self.model, optim=optim, sched=sched)
-        self.mixup = self._build_mixup()
+        self.mixup = self.build_mixup()
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
         if self.mixup is not None:
@@ -161,7 +161,7 @@ class UniEmoX(TrainerBase):
         else:
             self.criterion = nn.CrossEntropyLoss()
 
-    def _build_mixup(self):
+    def build_mixup(self):
         u = self.node()
         if u.MIXUP <= 0 and u.CUTMIX <= 0:
             return None
@@ -169,14 +169,19 @@ class UniEmoX(TrainerBase):
 
         if self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE % 2:
             raise ConfigError("Mixup/CutMix needs an even DATALOADER.TRAIN_X.BATCH_SIZE")
+        self.mixup_seed = max(int(self.cfg.SEED), 0)  # seeds each step's Mixup/CutMix draws (compute_loss)
         return Mixup(mixup_alpha=float(u.MIXUP), cutmix_alpha=float(u.CUTMIX), prob=float(u.MIXUP_PROB),
                      switch_prob=float(u.MIXUP_SWITCH_PROB), mode=u.MIXUP_MODE, label_smoothing=float(u.SMOOTHING),
                      num_classes=self.num_classes)
 
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         images, target = batch["img"], batch["label"]
-        if self.mixup is not None:
-            images, target = self.mixup(images, target)
+        if self.mixup is not None:  # timm draws on np.random: one generator per step, seeded from the run's seed
+            from datasets.loader import view_seed
+            from utils.rng import seeded_draws
+
+            with seeded_draws(view_seed(self.mixup_seed, self.epoch, 1_000_000_007 + self.batch_idx)):
+                images, target = self.mixup(images, target)
         logits = self.model(images)
         return {"loss": self.criterion(logits.float(), target)}
 
