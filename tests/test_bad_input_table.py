@@ -192,7 +192,7 @@ def _prepare(extra, kw, tmp_path, earlier, monkeypatch):
             if a == "@out=dataroot":
                 out = "@root"
             elif a == "@out=indataroot":
-                out = "@root/runs/x"
+                out = "@root/synthetic_emotion/runs/x"
             else:
                 out.mkdir()
                 (out / "config.yaml").write_text("learning_rate: 0.1\n")  # the user's own files
