@@ -49,9 +49,15 @@ def test_plot_results_full_disk(tmp_path, capsys, monkeypatch):
     def full(self, path, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
+    figs = tmp_path / "figs"
+    assert plot_results.main([runs, "--out", str(figs)]) == 0  # an earlier figure
+    before = (figs / "fewshot.png").read_bytes()
+    capsys.readouterr()
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
-    assert plot_results.main([runs, "--out", str(tmp_path / "figs")]) == 2
+    assert plot_results.main([runs, "--out", str(figs)]) == 2
     _one_error_line(capsys, "fewshot.png", "no space left on device")
+    assert (figs / "fewshot.png").read_bytes() == before  # intact
+    assert sorted(os.listdir(figs)) == ["fewshot.png"]  # no temporary left
 
 
 def test_plot_results_unknown_metric_writes_nothing(tmp_path, capsys):

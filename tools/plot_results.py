@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tools.parse_results import describe, find_runs, group_runs, summarize  # noqa: E402
+from utils.fileio import atomic_write  # noqa: E402
 from utils.cli import PNG_SOFTWARE, ToolError, check_output_folder, check_overwrite, png_is_ours, run_tool  # noqa: E402
 
 ZERO_SHOT = ("ZeroshotCLIP",)
@@ -126,8 +127,9 @@ def plot_fewshot(entries: List[dict], metrics: List[str], path: str) -> Optional
         ax.set_ylim(lo - 0.04 * (hi - lo), hi)  # keep a zero-shot line at the bottom visible
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=130, bbox_inches="tight", metadata={"Software": f"{PNG_SOFTWARE} plot_results"})
+    try:  # through a temporary file: a full disk never leaves half a figure under the final name
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight",
+                                                   metadata={"Software": f"{PNG_SOFTWARE} plot_results"}))
     finally:
         plt.close(fig)
     return path
@@ -171,8 +173,9 @@ def plot_base_to_new(entries: List[dict], metric: str, path: str) -> Optional[st
     ax.legend(fontsize=8, ncol=3, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=130, bbox_inches="tight", metadata={"Software": f"{PNG_SOFTWARE} plot_results"})
+    try:  # through a temporary file: a full disk never leaves half a figure under the final name
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight",
+                                                   metadata={"Software": f"{PNG_SOFTWARE} plot_results"}))
     finally:
         plt.close(fig)
     return path
