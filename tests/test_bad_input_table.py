@@ -349,16 +349,33 @@ def test_bad_input(extra, code, words, kw, tmp_path, earlier_run, monkeypatch, c
         assert not left, left
 
 
-def test_a_dataset_without_test_or_training_samples_is_refused():
+def test_a_dataset_without_test_or_training_samples_is_refused(tmp_path):
+    from PIL import Image
+
+    import datasets.build as build
     from datasets.base import Datum, DatasetBase
     from utils.errors import DatasetError
 
-    d = [Datum(impath="a.png", label=0, classname="a")]
-    DatasetBase(d, [], d, ["a"], {"label"})  # an empty validation split is allowed
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    d = [Datum(impath=str(tmp_path / "a.png"), label=0, classname="a")]
+    DatasetBase(d, [], d, ["a"], {"label"}).check_not_empty()  # an empty validation split is allowed
     with pytest.raises(DatasetError, match="test split holds no samples"):
-        DatasetBase(d, d, [], ["a"], {"label"}, name="X")
+        DatasetBase(d, d, [], ["a"], {"label"}, name="X").check_not_empty()
     with pytest.raises(DatasetError, match="train and test splits hold no samples"):
-        DatasetBase([], [], [], ["a"], {"label"}, name="X")
+        DatasetBase([], [], [], ["a"], {"label"}, name="X").check_not_empty()
+    from datasets.base import DATASET_REGISTRY
+    from trainers import get_cfg
+
+    cfg = get_cfg()
+    cfg.DATASET.NAME = "SyntheticEmotion"
+    cls = DATASET_REGISTRY.get("SyntheticEmotion")
+    real = cls.__dict__["from_config"]
+    try:  # a dataset whose test split selects nothing: the run's build_dataset stops with one line
+        cls.from_config = classmethod(lambda c, cfg_: DatasetBase(d, [], [], ["a"], {"label"}, name="SyntheticEmotion"))
+        with pytest.raises(DatasetError, match="SyntheticEmotion: the test split holds no samples"):
+            build.build_dataset(cfg)
+    finally:
+        cls.from_config = real
 
 
 def test_table_size():
