@@ -135,6 +135,44 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--model-dir {args.model_dir} does not exist")
 
 
+_DATA_FILES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pkl")
+
+
+def _holds_data(folder: str, depth: int = 3) -> bool:
+    """True when ``folder`` holds images or feature pickles within ``depth`` levels (run folders skipped)."""
+    top = folder.rstrip(os.sep).count(os.sep)
+    for cur, dirs, files in os.walk(folder):
+        if "run_state.json" in files or "metrics.jsonl" in files:
+            dirs[:] = []  # an EmoLab run (its plots are not data)
+            continue
+        if any(f.lower().endswith(_DATA_FILES) for f in files):
+            return True
+        if cur.count(os.sep) - top >= depth - 1:
+            dirs[:] = []
+    return False
+
+
+def check_output_outside_data(cfg) -> None:
+    """OUTPUT_DIR may not be DATASET.ROOT, nor a folder of data below it (a run would write into the data)."""
+    root, out = cfg.DATASET.ROOT, cfg.OUTPUT_DIR
+    if not root or not out:
+        return
+    r, o = os.path.realpath(root), os.path.realpath(out)
+    if o == r:
+        raise ConfigError(f"OUTPUT_DIR {out} is the dataset root DATASET.ROOT {root}: a run writes its checkpoints and "
+                          "logs there; choose an --output-dir outside the data")
+    if not o.startswith(r.rstrip(os.sep) + os.sep):
+        return
+    cur = r
+    for part in os.path.relpath(o, r).split(os.sep):
+        cur = os.path.join(cur, part)
+        if not os.path.isdir(cur):
+            return
+        if _holds_data(cur):
+            raise ConfigError(f"OUTPUT_DIR {out} is inside the dataset folder {cur} (it holds images or features): "
+                              "a run writes its checkpoints and logs there; choose an --output-dir outside the data")
+
+
 def run(args: argparse.Namespace) -> int:
     from trainers.extensions import import_extensions
     from trainers import build_trainer
@@ -145,11 +183,15 @@ def run(args: argparse.Namespace) -> int:
 
     check_args(args)
     cfg = setup_cfg(args)
+    check_output_outside_data(cfg)
     is_main = int(os.environ.get("RANK", 0)) == 0
     out = cfg.OUTPUT_DIR
     if is_main:
         runstate.prepare_output_dir(out)
         runstate.lock_output_dir(out)
+        from utils.fileio import remove_stale_temporaries
+
+        remove_stale_temporaries(out, depth=2, any_pid=True)  # half-written files of a killed run (we hold the lock)
     try:
         what = runstate.check_rerun(out, cfg.dump(), args.restart, args.eval_only)
         if what == "finished":

@@ -106,6 +106,15 @@ class DatasetBase:
         for split, data in (("train", self._train_x), ("val", self._val), ("test", self._test)):
             _validate(data, split, len(self._classnames), self._name)
 
+    def check_not_empty(self) -> None:
+        """A dataset a run uses must have training and test samples (a metric over none means nothing);
+        intermediate datasets (a k-fold pool) may be empty, so this is checked when a run builds its data."""
+        empty = [split for split, data in (("train", self._train_x), ("test", self._test)) if not data]
+        if empty:
+            raise DatasetError(f"dataset {self._name}: the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} "
+                               f"hold{'' if len(empty) > 1 else 's'} no samples (check the split files and DATASET.* "
+                               "settings that select samples)")
+
     @property
     def train_x(self) -> List[Datum]:
         return self._train_x

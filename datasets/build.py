@@ -88,5 +88,6 @@ def build_dataset(cfg: Any) -> DatasetBase:
         subsample=str(cfg.DATASET.SUBSAMPLE_CLASSES),
         task=str(cfg.DATASET.TASK),
     )
+    ds.check_not_empty()
     logger.info("%r", ds)
     return ds

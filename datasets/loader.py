@@ -63,8 +63,9 @@ def view_seed(seed: int, epoch: int, idx: int) -> int:
 
 def apply_transform(transform: Optional[Callable], img: Any, seed: Optional[int] = None) -> torch.Tensor:
     """``transform(img)`` for a PIL image or a uint8 tensor [3, H, W] (any device); with ``seed``,
-    its random draws come from ``torch.manual_seed(seed)`` (the global CPU RNG is restored
-    afterwards), so an augmented view is reproducible and the same for both inputs."""
+    its random draws come from torch's CPU generator, ``random`` and ``np.random`` seeded ``seed``
+    (all restored afterwards: :func:`utils.rng.seeded_draws`), so an augmented view is reproducible,
+    the same for both inputs and for any number of DataLoader workers."""
     if transform is None:
         if isinstance(img, torch.Tensor):
             return img.float() / 255.0
@@ -72,8 +73,9 @@ def apply_transform(transform: Optional[Callable], img: Any, seed: Optional[int]
     if seed is None:
         out = transform(img)
     else:
-        with torch.random.fork_rng(devices=[]):  # transforms draw their parameters on the CPU generator
-            torch.manual_seed(seed)
+        from utils.rng import seeded_draws
+
+        with seeded_draws(seed):  # torchvision draws on torch's CPU generator, timm on random / np.random
             out = transform(img)
     return out.as_subclass(torch.Tensor) if isinstance(out, torch.Tensor) else out
 

@@ -138,6 +138,24 @@ case("init-weights-missing", ["MODEL.BACKBONE.PRETRAINED", "/nonexistent/w.pt"],
 case("disk-full-checkpoint", ["@enospc"], 2, "no space left", "model.pth.tar-1")
 # caches
 case("kmeans-cache-corrupt", ["@kmeans"], 2, "k-means cache", cfg=None, data=None)
+# values checked against the data they apply to (issue 23)
+case("topk-beyond-classes", ["TEST.EVALUATOR", "ClassificationTopK", "TEST.TOPK", "[1, 50]"], 2, "TEST.TOPK", "50", "8 classes")
+case("multilabel-topk-beyond-classes", ["TEST.TOPK", "[1, 9]"], 2, "TEST.TOPK", "9", "8 classes",
+     data=os.path.join(DS, "synthetic_emotion_ml.yaml"))
+case("uniemox-blr-negative", ["TRAINER.UNIEMOX.BLR", "-1.0"], 2, "TRAINER.UNIEMOX.BLR", "-1.0",
+     cfg=os.path.join(ROOT, "configs/trainers/UniEmoX/tiny_synthetic.yaml"))
+case("uniemox-pretrain-blr-negative", ["TRAINER.UNIEMOX_PRETRAIN.BLR", "-0.5"], 2, "TRAINER.UNIEMOX_PRETRAIN.BLR",
+     cfg=os.path.join(ROOT, "configs/trainers/UniEmoXPretrain/tiny_synthetic.yaml"), data=os.path.join(DS, "emoset.yaml"),
+     root="@emoset")
+case("emoset-annotation-emptied", [], 2, "annotation", "no emotion", data=os.path.join(DS, "emoset.yaml"),
+     root="@emoset_emptied")
+case("output-is-dataset-root", ["@out=dataroot"], 2, "OUTPUT_DIR", "DATASET.ROOT")
+case("output-inside-dataset-root", ["@out=indataroot"], 2, "OUTPUT_DIR", "inside the dataset folder")
+case("output-holds-foreign-files", ["@out=foreign"], 2, "config.yaml", "metrics.jsonl", "no EmoLab run wrote")
+case("restart-keeps-foreign-files", ["--restart", "@out=foreign"], 2, "no EmoLab run wrote", "--restart")
+case("text-cache-dir-is-a-file", ["TRAINER.UNIEMOX_PRETRAIN.TEXT_CACHE_DIR", "@file"], 2, "is a file",
+     cfg=os.path.join(ROOT, "configs/trainers/UniEmoXPretrain/tiny_synthetic.yaml"), data=os.path.join(DS, "emoset.yaml"),
+     root="@emoset")
 
 
 def _snapshot(d):
@@ -170,7 +188,17 @@ def _prepare(extra, kw, tmp_path, earlier, monkeypatch):
     args, root, cfg, data = [], kw.get("root"), kw.get("cfg", COOP_CFG), kw.get("data", SYN_CFG)
     held = []
     for a in extra:
-        if a == "@cfgfile":
+        if a in ("@out=dataroot", "@out=indataroot", "@out=foreign"):
+            if a == "@out=dataroot":
+                out = "@root"
+            elif a == "@out=indataroot":
+                out = "@root/synthetic_emotion/runs/x"
+            else:
+                out.mkdir()
+                (out / "config.yaml").write_text("learning_rate: 0.1\n")  # the user's own files
+                (out / "metrics.jsonl").write_text('{"loss": 1.0}\n')
+                FOREIGN.update(out=str(out), files=_snapshot(out))
+        elif a == "@cfgfile":
             p = tmp_path / "bad.yaml"
             p.write_bytes(kw["cfgfile"])
             args += ["--config-file", str(p)]
@@ -194,6 +222,10 @@ def _prepare(extra, kw, tmp_path, earlier, monkeypatch):
                 os.makedirs(out / "prompt_learner")
                 (out / "prompt_learner" / "model.pth.tar-1").write_bytes(b"garbage")
                 shutil.copy(os.path.join(earlier, "config.yaml"), out / "config.yaml")
+        elif a == "@file":
+            blocker = tmp_path / "a_file"
+            blocker.write_text("x")
+            args.append(str(blocker))
         elif a == "@lock":
             from trainers.engine import runstate
 
@@ -247,6 +279,18 @@ def _prepare(extra, kw, tmp_path, earlier, monkeypatch):
                      "TRAINER.EMOCOOP.CLUSTER_CACHE_DIR", str(cache)]
         else:
             args.append(a)
+    if root in ("@emoset", "@emoset_emptied"):
+        import json
+
+        from datasets.synthetic.native import NativeSettings, write_native
+
+        parent = tmp_path / "emoset_root"
+        write_native(str(parent / "EmoSet-118K"), "emoset", NativeSettings(2, 1, 1))
+        if root == "@emoset_emptied":
+            ann_dir = parent / "EmoSet-118K" / "annotation"
+            first = sorted(p for p in ann_dir.rglob("*.json"))[0]
+            first.write_text(json.dumps({}))
+        root = str(parent)
     if root == "@empty":
         root = str(tmp_path / "empty_root")
         os.makedirs(root)
@@ -267,7 +311,13 @@ def _prepare(extra, kw, tmp_path, earlier, monkeypatch):
         from PIL import Image
 
         Image.new("RGB", (8, 8)).save(os.path.join(root, "a", "0.png"))
+    if isinstance(out, str) and out.startswith("@root"):
+        out = (root or ROOT_HOLDER["root"]) + out[5:]
     return base(out, *args, root=root, cfg=cfg, data=data), held
+
+
+#: the user's own files in an output folder (case output-holds-foreign-files): they must stay as they were
+FOREIGN: dict = {}
 
 
 @pytest.mark.parametrize("extra,code,words,kw", CASES)
@@ -291,9 +341,41 @@ def test_bad_input(extra, code, words, kw, tmp_path, earlier_run, monkeypatch, c
     assert "Traceback" not in cap.out + cap.err
     assert not (tmp_path / "PWNED").exists()
     assert _snapshot(earlier_run) == before  # the earlier run's files are byte-identical
+    if FOREIGN:
+        assert _snapshot(FOREIGN["out"]) == FOREIGN["files"], "the user's own files were changed"
+        FOREIGN.clear()
     if "@enospc" in extra:
         left = [f for cur, _, fs in os.walk(tmp_path / "out") for f in fs if ".tmp" in f]
         assert not left, left
+
+
+def test_a_dataset_without_test_or_training_samples_is_refused(tmp_path):
+    from PIL import Image
+
+    import datasets.build as build
+    from datasets.base import Datum, DatasetBase
+    from utils.errors import DatasetError
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    d = [Datum(impath=str(tmp_path / "a.png"), label=0, classname="a")]
+    DatasetBase(d, [], d, ["a"], {"label"}).check_not_empty()  # an empty validation split is allowed
+    with pytest.raises(DatasetError, match="test split holds no samples"):
+        DatasetBase(d, d, [], ["a"], {"label"}, name="X").check_not_empty()
+    with pytest.raises(DatasetError, match="train and test splits hold no samples"):
+        DatasetBase([], [], [], ["a"], {"label"}, name="X").check_not_empty()
+    from datasets.base import DATASET_REGISTRY
+    from trainers import get_cfg
+
+    cfg = get_cfg()
+    cfg.DATASET.NAME = "SyntheticEmotion"
+    cls = DATASET_REGISTRY.get("SyntheticEmotion")
+    real = cls.__dict__["from_config"]
+    try:  # a dataset whose test split selects nothing: the run's build_dataset stops with one line
+        cls.from_config = classmethod(lambda c, cfg_: DatasetBase(d, [], [], ["a"], {"label"}, name="SyntheticEmotion"))
+        with pytest.raises(DatasetError, match="SyntheticEmotion: the test split holds no samples"):
+            build.build_dataset(cfg)
+    finally:
+        cls.from_config = real
 
 
 def test_table_size():

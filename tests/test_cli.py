@@ -130,11 +130,13 @@ def test_two_process_gloo_run(tmp_path, data_root):
     assert torch.load(out / "prompt_learner" / "model.pth.tar-2", weights_only=True)["epoch"] == 2
 
 
-def test_stopped_rank_is_named_within_the_timeout(tmp_path, data_root):
-    """Rank 1 hangs during a validation; rank 0 stops with one line naming it after TRAIN.DIST_TIMEOUT."""
+@pytest.mark.parametrize("mode,where", [("hang", "eval:val@1"), ("stop", "collective#2")])
+def test_stopped_rank_is_named_within_the_timeout(tmp_path, data_root, mode, where):
+    """Rank 1 hangs (sleeps) during a validation, or is stopped (SIGSTOP: no thread of it runs) after it
+    announced a collective; rank 0 stops with one line naming it after TRAIN.DIST_TIMEOUT."""
     out = tmp_path / "ddp_stop"
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "EMOLAB_KILL_AT": "eval:val@1",
-           "EMOLAB_KILL_MODE": "hang", "EMOLAB_KILL_RANK": "1"}
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "EMOLAB_KILL_AT": where,
+           "EMOLAB_KILL_MODE": mode, "EMOLAB_KILL_RANK": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()),
            os.path.join(ROOT, "train.py"), *_args(data_root, out, COOP_CFG, "TRAIN.DIST_TIMEOUT", "5")]

@@ -166,10 +166,13 @@ def test_build_evaluator_switch_and_config():
     assert type(build_evaluator(cfg, ["a", "b"], "single_label")) is Classification
     cfg.TEST.TOPK = (1, 5)
     cfg.TEST.THRESHOLD = 0.3
-    ev = build_evaluator(cfg, ["a", "b"], "multi_label")
+    six = list("abcdef")
+    ev = build_evaluator(cfg, six, "multi_label")
     assert type(ev) is MultiLabel and ev.topk == (1, 5) and ev.threshold == 0.3
+    with pytest.raises(ConfigError, match=r"TEST\.TOPK holds 5 but the dataset has 2 classes"):
+        build_evaluator(cfg, ["a", "b"], "multi_label")  # hit@5 of 2 classes: 100% for any model
     cfg.TEST.EVALUATOR = "MultiLabel"
-    assert type(build_evaluator(cfg, ["a", "b"], "single_label")) is MultiLabel
+    assert type(build_evaluator(cfg, six, "single_label")) is MultiLabel
     cfg.TEST.PER_CLASS_RESULT = True
     cfg.TEST.COMPUTE_CMAT = True
     cfg.TEST.EVALUATOR = "Classification"

@@ -186,3 +186,90 @@ def _subprocess(args, env_extra):
                           text=True, timeout=300)
 
 
+
+
+# --------------------------------------------------------------------------- kills inside file writes
+# A real SIGKILL (a subprocess) while a file is being written: between an atomic write's temporary file
+# and its rename (``write:<file name>``: the run state, the feature cache, the decoded-image cache,
+# UniEmoX's caption embeddings) or in the middle of an ``--eval-only`` run's ``eval.jsonl`` line
+# (``append:eval.jsonl``). The killed process leaves its ``*.tmp.<pid>`` / half line behind; the next
+# start removes it, rebuilds what was cut, and ends exactly like the uninterrupted run.
+def _temporaries(*folders):
+    found = []
+    for folder in folders:
+        for cur, _, files in os.walk(folder):
+            found += [os.path.join(cur, f) for f in files if ".tmp." in f]
+    return found
+
+
+_COOP_WRITE_KILLS = {
+    "run_state": "write:run_state.json#1",
+    "feature_cache": "write:SyntheticEmotion_*.pt",
+    "decoded_cache": "write:decoded_*.pt",
+}
+
+
+@pytest.mark.parametrize("instant", sorted(_COOP_WRITE_KILLS))
+def test_sigkill_during_a_write_leaves_no_temporary_and_resumes(instant, tmp_path, data_root):
+    def coop(out, cache):
+        args = trainer_args("CoOp", data_root, out, str(cache))
+        return args + ["DATALOADER.DECODED_CACHE", "disk", "DATALOADER.DECODED_CACHE_DIR", str(cache / "decoded")]
+
+    ref = tmp_path / "ref"
+    assert run_cli(coop(ref, tmp_path / "cache_ref")) == 0
+    out, cache = tmp_path / "killed", tmp_path / "cache_killed"
+    r = _subprocess(coop(out, cache), {"EMOLAB_KILL_AT": _COOP_WRITE_KILLS[instant]})
+    assert r.returncode == -9, r.stderr[-2000:]
+    left = _temporaries(out, cache)
+    assert left, "the kill did not fall inside a write"
+    assert run_cli(coop(out, cache)) == 0
+    assert not _temporaries(out, cache), _temporaries(out, cache)
+    assert_same_run(str(ref), str(out))
+
+
+def test_sigkill_during_caption_embedding_write(tmp_path):
+    from datasets.synthetic.native import NativeSettings, write_native
+
+    root = tmp_path / "data"
+    write_native(str(root / "EmoSet-118K"), "emoset", NativeSettings(2, 1, 1))
+
+    def pre(out, cache):
+        return ["--root", str(root), "--seed", "1", "--trainer", "UniEmoXPretrain", "--output-dir", str(out),
+                "--config-file", _tcfg("UniEmoXPretrain/tiny_synthetic.yaml"),
+                "--dataset-config-file", os.path.join(ROOT, "configs/datasets/emoset.yaml"),
+                "DATALOADER.TRAIN_X.BATCH_SIZE", "8", "OPTIM.MAX_EPOCH", "1",
+                "TRAINER.UNIEMOX_PRETRAIN.TEXT_CACHE_DIR", str(cache)]
+
+    ref = tmp_path / "ref"
+    assert run_cli(pre(ref, tmp_path / "cache_ref")) == 0
+    out, cache = tmp_path / "killed", tmp_path / "cache_killed"
+    r = _subprocess(pre(out, cache), {"EMOLAB_KILL_AT": "write:captions-*.pt"})
+    assert r.returncode == -9, r.stderr[-2000:]
+    assert _temporaries(cache), "the kill did not fall inside the caption cache write"
+    assert run_cli(pre(out, cache)) == 0
+    assert not _temporaries(out, cache)
+    assert records(out) == records(ref)
+    assert sorted(os.listdir(cache)) == sorted(os.listdir(tmp_path / "cache_ref"))
+
+
+def test_sigkill_during_eval_only_records_write(tmp_path, data_root):
+    """An ``--eval-only`` run killed with half of its ``eval.jsonl`` line written: the rerun's records are
+    whole lines, the cut line is gone, and they equal those of an uninterrupted ``--eval-only`` run."""
+    def ev(out, *flags):
+        return [*flags] + trainer_args("CoOp", data_root, out, str(tmp_path / "cache"))
+
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    assert run_cli(ev(ref)) == 0
+    import shutil
+
+    shutil.copytree(ref, out)
+    assert run_cli(ev(ref, "--eval-only")) == 0
+    r = _subprocess(ev(out, "--eval-only"), {"EMOLAB_KILL_AT": "append:eval.jsonl"})
+    assert r.returncode == -9, r.stderr[-2000:]
+    cut = (out / "eval.jsonl").read_bytes()
+    assert cut and not cut.endswith(b"\n")  # the kill fell inside the line
+    assert run_cli(ev(out, "--eval-only")) == 0
+    lines = (out / "eval.jsonl").read_text().splitlines()
+    got = [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
+    want = [{k: v for k, v in json.loads(line).items() if k != "time"} for line in (ref / "eval.jsonl").read_text().splitlines()]
+    assert got == want

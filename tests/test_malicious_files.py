@@ -200,3 +200,287 @@ def test_real_gensim_kv_files_still_load_and_equal(tmp_path):
         assert np.array_equal(got["calm"], vecs[2])
     assert os.path.isfile(tmp_path / "side.kv.vectors.npy")
     assert gensim is not None
+
+
+# ------------------------------------------------------------------------------- memory bombs
+# Small files built only from what the readers allow (tensors, bytes(N), list(range(N)), empty
+# containers, a zip member's declared size) that ask for gigabytes. Each is read in a fresh
+# process that measures its own peak memory (resource: the resident high-water mark; tracemalloc:
+# Python and numpy allocations) around the load: it may not grow by more than 100 MB, and the
+# reader must stop with one EmoLabError line naming the file (never a MemoryError traceback).
+MB = 1024 * 1024
+BOMB_LIMIT = 100 * MB
+
+
+class _Storage:
+    """Stands for a torch storage in a hand-made ``data.pkl``: pickled as torch's persistent id."""
+
+    def __init__(self, key, numel):
+        self.key, self.numel = key, numel
+
+
+class _Tensor:
+    def __init__(self, storage, size, stride):
+        self.storage, self.size, self.stride = storage, size, stride
+
+    def __reduce__(self):
+        import collections
+
+        return (torch._utils._rebuild_tensor_v2,
+                (self.storage, 0, tuple(self.size), tuple(self.stride), False, collections.OrderedDict()))
+
+
+class _TorchPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, _Storage):
+            return ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel)
+        return None
+
+
+def _torch_zip(path, obj, members):
+    """A torch.save-style archive holding ``obj`` (with :class:`_Storage` / :class:`_Tensor` placeholders)
+    and ``members`` {key: (bytes or callable(writer)), compress_type, declared size or None}."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    _TorchPickler(buf, protocol=2).dump(obj)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("archive/data.pkl", buf.getvalue())
+        zf.writestr("archive/byteorder", "little")
+        zf.writestr("archive/version", "3\n")
+        for key, (data, ctype) in members.items():
+            info = zipfile.ZipInfo(f"archive/data/{key}")
+            info.compress_type = ctype
+            if callable(data):
+                with zf.open(info, "w", force_zip64=True) as w:
+                    data(w)
+            else:
+                zf.writestr(info, data)
+
+
+def bomb_dassl_deflate(tmp):
+    """A 1 MB ``model-best.pth.tar`` whose only tensor member inflates to 1 GiB of zeros."""
+    import zipfile
+
+    path = os.path.join(tmp, "model-best.pth.tar")
+    n = 1 << 30
+
+    def zeros(w):
+        chunk = bytes(8 * MB)
+        for _ in range(n // len(chunk)):
+            w.write(chunk)
+
+    sched = {"state_dict": {"w": _Tensor(_Storage("0", n // 4), [n // 4], [1])}, "epoch": 1}
+    _torch_zip(path, sched, {"0": (zeros, zipfile.ZIP_DEFLATED)})
+    assert os.path.getsize(path) < 2 * MB
+    return path, "checkpoint"
+
+
+def bomb_stride0_giant(tmp):
+    """One stored float viewed as a [2^20, 2^20] tensor (stride 0): 4 TiB once anything copies it."""
+    import zipfile
+
+    path = os.path.join(tmp, "model-best.pth.tar")
+    s = _Storage("0", 1)
+    _torch_zip(path, {"state_dict": {"w": _Tensor(s, [1 << 20, 1 << 20], [0, 0])}, "epoch": 1},
+               {"0": (b"\0\0\0\0", zipfile.ZIP_STORED)})
+    return path, "checkpoint"
+
+
+def bomb_dassl_stride0_fallback(tmp):
+    """The same giant in a Dassl file the fallback reader reads (its pickled scheduler is refused by torch.load)."""
+    import zipfile
+
+    path = os.path.join(tmp, "model-best.pth.tar")
+    sched = _Call(torch.optim.lr_scheduler.StepLR)  # refused by torch.load, a stub for the Dassl reader
+    _torch_zip(path, {"state_dict": {"w": _Tensor(_Storage("0", 1), [1 << 20, 1 << 20], [0, 0])}, "epoch": 1,
+                      "scheduler": sched}, {"0": (b"\0\0\0\0", zipfile.ZIP_STORED)})
+    return path, "checkpoint"
+
+
+class _Call:
+    """Pickles as ``fn(*args)`` (REDUCE of an allowed global)."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return (self.fn, self.args)
+
+
+def _features_pickle(path, payload, protocol=4):
+    with open(path, "wb") as f:
+        pickle.dump(payload, f, protocol=protocol)
+
+
+def bomb_vega_bytes(tmp):
+    path = os.path.join(tmp, "IEMOCAP_features.pkl")
+    _features_pickle(path, (_Call(bytes, 1 << 36),) * 7)
+    return path, "features"
+
+
+def bomb_vega_bytearray(tmp):
+    path = os.path.join(tmp, "IEMOCAP_features.pkl")
+    _features_pickle(path, (_Call(bytearray, 1 << 36),) * 7)
+    return path, "features"
+
+
+def bomb_vega_list_range(tmp):
+    path = os.path.join(tmp, "IEMOCAP_features.pkl")
+    _features_pickle(path, (_Call(list, range(1 << 33)),) * 7)
+    return path, "features"
+
+
+def bomb_vega_numpy_shape(tmp):
+    """``numpy.core.multiarray._reconstruct(ndarray, (2^36,), 'b')``: an array of the shape asked for."""
+    import numpy.core.multiarray as ma  # noqa: F401 - the name the pickle carries
+
+    path = os.path.join(tmp, "IEMOCAP_features.pkl")
+    with open(path, "wb") as f:
+        f.write(b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ\x00\x00\x00\x10\x85U\x01b\x87R.")
+    return path, "features"
+
+
+def bomb_vega_empty_sets(tmp):
+    """1 MB of EMPTY_SET opcodes collected in a list: about 220 bytes of memory per byte of file."""
+    path = os.path.join(tmp, "IEMOCAP_features.pkl")
+    with open(path, "wb") as f:
+        f.write(b"\x80\x04(" + b"\x8f" * MB + b"l.")
+    return path, "features"
+
+
+def _kv_pickle(state_pickle: bytes) -> bytes:
+    """A gensim ``KeyedVectors`` pickle whose state is the dict pickled in ``state_pickle`` (protocol 3)."""
+    return b"\x80\x03cgensim.models.keyedvectors\nKeyedVectors\n)\x81" + state_pickle[2:-1] + b"b."
+
+
+def bomb_glove_bytes(tmp):
+    path = os.path.join(tmp, "glove.kv")
+    state = pickle.dumps({"index_to_key": ["a"], "vectors": _Call(bytes, 1 << 36)}, protocol=3)
+    with open(path, "wb") as f:
+        f.write(_kv_pickle(state))
+    return path, "glove"
+
+
+def bomb_glove_list_range(tmp):
+    path = os.path.join(tmp, "glove.kv")
+    state = pickle.dumps({"index_to_key": _Call(list, range(1 << 33))}, protocol=3)
+    with open(path, "wb") as f:
+        f.write(_kv_pickle(state))
+    return path, "glove"
+
+
+def bomb_glove_side_npy(tmp):
+    """Vectors stored beside the ``.kv`` as a 200-byte ``.npy`` whose header declares 2^34 floats."""
+    import io
+
+    path = os.path.join(tmp, "glove.kv")
+    with open(path, "wb") as f:
+        f.write(_kv_pickle(pickle.dumps({"index_to_key": ["a"]}, protocol=3)))
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (1 << 32, 4)})
+    with open(path + ".vectors.npy", "wb") as f:
+        f.write(buf.getvalue() + bytes(16))
+    return path, "glove"
+
+
+BOMBS = {name[5:]: fn for name, fn in globals().items() if name.startswith("bomb_")}
+
+_CHILD = r"""
+import json, os, resource, sys, tracemalloc
+sys.path.insert(0, os.getcwd())
+import numpy, torch, zipfile, pickletools  # noqa: F401 - imported before measuring
+from utils.errors import EmoLabError
+from trainers.engine.checkpoint import load_checkpoint
+from datasets.conversation.format import load_pickle
+from trainers.components.glove_init import load_word_vectors
+try:
+    import gensim.models  # noqa: F401
+except ImportError:
+    pass
+loaders = {"checkpoint": load_checkpoint, "features": load_pickle, "glove": load_word_vectors}
+tracemalloc.start()
+for line in sys.stdin:
+    name, kind, path = line.split()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    out = {"bomb": name, "error": None}
+    try:
+        obj = loaders[kind](path)
+        out["loaded"] = type(obj).__name__
+        del obj
+    except BaseException as e:  # noqa: BLE001
+        out["error"] = [type(e).__name__, str(e), isinstance(e, EmoLabError)]
+    out["traced_peak"] = tracemalloc.get_traced_memory()[1] - base
+    out["rss_growth"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
+    print(json.dumps(out), flush=True)
+"""
+
+
+def test_memory_bombs_are_refused_without_memory(tmp_path):
+    """Each file (at most ~1 MB) may not raise the reader's peak memory by more than 100 MB; it ends in
+    one EmoLabError line naming the file, never a MemoryError or a giant tensor handed on.
+
+    All bombs are read, one after another, by one fresh process: its resident high-water mark may not
+    grow by more than 100 MB over all of them, and each one's traced peak stays under 100 MB."""
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+
+    lines = []
+    for name in sorted(BOMBS):
+        if "glove" in name and importlib.util.find_spec("gensim") is None:
+            continue
+        folder = tmp_path / name
+        folder.mkdir()
+        path, kind = BOMBS[name](str(folder))
+        assert os.path.getsize(path) <= 2 * MB
+        lines.append(f"{name} {kind} {path}\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, "-c", _CHILD], input="".join(lines), cwd=root, capture_output=True, text=True)
+    results = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+    assert res.returncode == 0 and len(results) == len(lines), res.stderr[-2000:]
+    problems, total_growth = [], 0
+    for out, line in zip(results, lines):
+        bomb, path = out["bomb"], line.split()[2]
+        total_growth += out["rss_growth"]
+        if out["error"] is None:
+            problems.append(f"{bomb}: loaded without complaint")
+        else:
+            name, msg, is_user_error = out["error"]
+            if not is_user_error:
+                problems.append(f"{bomb}: {name}: {msg[:200]}")
+            elif "\n" in msg or path not in msg:
+                problems.append(f"{bomb}: not one line naming the file: {msg[:200]}")
+        if out["traced_peak"] > BOMB_LIMIT:
+            problems.append(f"{bomb}: allocated {out['traced_peak'] / MB:.0f} MB")
+        if out["rss_growth"] > BOMB_LIMIT:
+            problems.append(f"{bomb}: resident memory grew by {out['rss_growth'] / MB:.0f} MB")
+    assert not problems, "\n".join(problems)
+    assert total_growth <= BOMB_LIMIT, f"resident memory grew by {total_growth / MB:.0f} MB over all bombs"
+
+
+def test_legitimate_files_fit_their_budget(tmp_path):
+    """The budget does not refuse ordinary files: a checkpoint with an expanded (stride-0) bias of modest
+    size, a features pickle of many small lists and a numpy array, a Dassl-style archive."""
+    from datasets.conversation.format import load_pickle
+    from trainers.engine.checkpoint import load_checkpoint, read_dassl_checkpoint
+
+    w = torch.arange(12.0).reshape(3, 4)
+    ckpt = {"state_dict": {"w": w, "b": torch.ones(1).expand(64)}, "epoch": 2}
+    torch.save(ckpt, tmp_path / "ok.pth")
+    got = load_checkpoint(str(tmp_path / "ok.pth"))
+    assert torch.equal(got["state_dict"]["w"], w) and torch.equal(got["state_dict"]["b"], torch.ones(64))
+    got = read_dassl_checkpoint(str(tmp_path / "ok.pth"))
+    assert torch.equal(got["state_dict"]["w"], w) and got["epoch"] == 2
+    data = ({f"d{i}": [[0.5] * 8 for _ in range(20)] for i in range(50)}, np.arange(1000.0), {"a", "b"}, b"xy" * 100,
+            bytearray(b"z" * 50), list(range(300)))
+    path = tmp_path / "f.pkl"
+    for proto in (2, 4):
+        with open(path, "wb") as f:
+            pickle.dump(data, f, protocol=proto)
+        back = load_pickle(str(path))
+        assert back[0] == data[0] and np.array_equal(back[1], data[1]) and back[2:] == data[2:]

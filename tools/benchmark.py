@@ -196,7 +196,19 @@ def environment(device: torch.device) -> Dict[str, str]:
     return env
 
 
+def _is_results_file(path: str) -> bool:
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    return isinstance(doc, dict) and set(doc) == {"args", "environment", "results"}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    from utils.cli import run_tool
+
+    return run_tool(_main, argv)
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--trainer", required=True)
     p.add_argument("--config-file", required=True)
@@ -211,9 +223,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--compare-cache", action="store_true", help="time with CACHE.FEATURES off and on")
     p.add_argument("--data-path", action="store_true", help="also time the training loader alone")
     p.add_argument("--json", default="", help="write the results here")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file this tool did not write")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args(argv)
     opts = [o for o in args.opts if o != "--"]
+    if args.json:
+        from utils.cli import check_overwrite
+
+        check_overwrite(args.json, args.force, _is_results_file)  # before minutes of measuring
     try:
         rows: List[Dict[str, Any]] = []
         if args.compare_cache:

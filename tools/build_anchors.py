@@ -143,12 +143,19 @@ def build_anchor_set(clip, images: Dict[str, List[str]], batch_size: int = 64) -
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from utils.cli import run_tool
+
+    return run_tool(_main, argv)
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--image-dir", help="folder with one subfolder of images per class")
     src.add_argument("--image-list", help="CSV (path,label[,split] header) or '<path> <class>' lines")
     ap.add_argument("--split", default="", help="with a CSV list: use only rows of this split (e.g. train)")
     ap.add_argument("--output", required=True, help="anchor file to write (.pt)")
+    ap.add_argument("--force", action="store_true", help="replace an existing --output that is not an anchor file")
     ap.add_argument("--classes", nargs="+", default=[], help="anchor classes in dataset label order (default: those found)")
     ap.add_argument("--map", nargs="+", default=[], metavar="TARGET=SOURCE",
                     help="anchor class TARGET uses images of class SOURCE")
@@ -162,6 +169,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from utils.cli import check_overwrite
+
+    def is_anchor_file(path: str) -> bool:
+        from trainers.components.anchors import load_anchors
+
+        load_anchors(path)
+        return True
+
+    check_overwrite(args.output, args.force, is_anchor_file)
     try:
         from trainers.clip_prompting.base import load_configured_clip
 

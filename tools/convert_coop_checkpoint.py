@@ -36,6 +36,7 @@ from typing import Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.errors import EmoLabError  # noqa: E402
+from utils.cli import check_overwrite, run_tool  # noqa: E402
 from utils.fileio import atomic_torch_save, atomic_write  # noqa: E402
 
 logger = logging.getLogger("convert_coop_checkpoint")
@@ -84,7 +85,18 @@ def to_emolab_state(state):
     return {k: v.float().contiguous() for k, v in out.items()}
 
 
-def convert(src: str, dst: str, to: str = "", epoch: Optional[int] = None) -> str:
+#: recorded in every file this tool writes: an existing destination is replaced only when it holds it (or --force)
+WRITER = "EmoLab tools/convert_coop_checkpoint.py"
+
+
+def _is_ours(path: str) -> bool:
+    from utils.fileio import safe_torch_load
+
+    obj = safe_torch_load(path, "checkpoint")
+    return isinstance(obj, dict) and obj.get("converted_by") == WRITER
+
+
+def convert(src: str, dst: str, to: str = "", epoch: Optional[int] = None, force: bool = False) -> str:
     """Write the converted checkpoint; returns the path written."""
     from trainers.clip_prompting.coop_checkpoint import is_official, to_official
     from trainers.engine.checkpoint import load_checkpoint
@@ -108,10 +120,11 @@ def convert(src: str, dst: str, to: str = "", epoch: Optional[int] = None) -> st
     ep = int(ckpt.get("epoch") or 0)
     val = ckpt.get("val_result")
     out = {"state_dict": new_state, "epoch": ep, "optimizer": None, "scheduler": None,
-           "val_result": val if isinstance(val, (int, float, dict)) or val is None else None}
+           "val_result": val if isinstance(val, (int, float, dict)) or val is None else None, "converted_by": WRITER}
     if not is_file_target(dst):
         fname = f"model.pth.tar-{ep}"
         target = os.path.join(dst, MODEL_NAME, fname)
+        check_overwrite(target, force, _is_ours)
         atomic_torch_save(out, target)
 
         def marker(tmp: str) -> None:
@@ -121,25 +134,27 @@ def convert(src: str, dst: str, to: str = "", epoch: Optional[int] = None) -> st
         atomic_write(os.path.join(dst, MODEL_NAME, "checkpoint"), marker)
     else:
         target = dst
+        check_overwrite(target, force, _is_ours)
         atomic_torch_save(out, target)
     logger.info(f"wrote {target} ({to} layout, epoch {ep}: {', '.join(f'{k} {tuple(v.shape)}' for k, v in new_state.items())})")
     return target
 
 
 def main(argv=None) -> int:
+    return run_tool(_main, argv)
+
+
+def _main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("src", help="checkpoint file or run folder")
     ap.add_argument("dst", help="output folder (Dassl layout), or a file ending in .pth / .pt / .tar / .pth.tar-N")
     ap.add_argument("--to", default="", choices=["", "official", "emolab"], help="target layout (default: the other one)")
     ap.add_argument("--epoch", type=int, default=None,
                     help="epoch to convert when SRC is a folder (default: the one the run's final test used)")
+    ap.add_argument("--force", action="store_true", help="replace an existing file this tool did not write")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        convert(args.src, args.dst, args.to, args.epoch)
-    except EmoLabError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    convert(args.src, args.dst, args.to, args.epoch, force=args.force)
     return 0
 
 

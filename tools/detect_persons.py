@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.cli import check_overwrite  # noqa: E402
 from utils.errors import CheckpointError, ConfigError, EmoLabError  # noqa: E402
 
 COCO_PERSON = 1  # torchvision's 91-index COCO labels
@@ -95,7 +96,23 @@ def detect(model: torch.nn.Module, paths: Sequence[str], score_threshold: float,
     return out
 
 
+def _is_box_file(path: str) -> bool:
+    import json
+
+    from datasets.formats.person_boxes import FORMAT
+
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    return isinstance(doc, dict) and doc.get("format") == FORMAT
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from utils.cli import run_tool
+
+    return run_tool(_main, argv)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--root", default="data", help="DATASET.ROOT")
     p.add_argument("--dir", default="EmoSet-118K", help="the EmoSet folder under --root")
@@ -106,6 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--out", default="", help="output file (default <root>/<dir>/person_boxes.json)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out that is not a person-box file")
     args = p.parse_args(argv)
     try:
         from datasets.formats.emoset import EmoSet
@@ -117,8 +135,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         data = ds.train_x + ds.val + ds.test
         model = build_detector(args.arch, args.weights, args.score_threshold, args.nms).to(device)
         t0 = time.time()
-        boxes = detect(model, [d.impath for d in data], args.score_threshold, max(1, args.batch_size), device)
         out = args.out or os.path.join(ds.root, "person_boxes.json")
+        check_overwrite(out, args.force, _is_box_file)  # before the detector runs for minutes
+        boxes = detect(model, [d.impath for d in data], args.score_threshold, max(1, args.batch_size), device)
         table = {relative_key(d.impath, ds.root): b for d, b in zip(data, boxes)}
         write_person_boxes(out, table, f"torchvision {args.arch} ({os.path.basename(args.weights)}), NMS {args.nms}",
                            args.score_threshold)

@@ -82,6 +82,12 @@ def write_format(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from utils.cli import run_tool
+
+    return run_tool(_main, argv)
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--root", required=True, help="DATASET.ROOT; data goes to <root>/synthetic_emotion")
     d = SyntheticSettings()

@@ -100,7 +100,14 @@ def read_metrics_jsonl(path: str, split: str) -> Optional[Dict[str, float]]:
     chosen = chosen or [r for r in records if r.get("split") == split]
     if not chosen:
         return None
-    return {k: float(v) for k, v in chosen[-1]["metrics"].items() if isinstance(v, (int, float))}
+    metrics = chosen[-1]["metrics"]
+    out = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    TEXT_METRICS.update((k, path) for k, v in metrics.items() if k not in out)
+    return out
+
+
+#: metrics recorded as something other than a number (name -> a file holding one): reported, not averaged
+TEXT_METRICS: Dict[str, str] = {}
 
 
 def read_log_txt(path: str) -> Optional[Dict[str, float]]:
@@ -341,11 +348,20 @@ def write_csv(path: str, cols: List[str], rows: List[dict]) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from utils.cli import run_tool
+
+    return run_tool(_main, argv)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
+    from utils.cli import ToolError, check_overwrite, starts_with
+
     p = argparse.ArgumentParser(description="Mean ± std and 95% CI over seeds of finished runs.")
     p.add_argument("dirs", nargs="+", help="folders searched recursively for run directories")
     p.add_argument("--metric", action="append", default=None,
                    help="metric to report (repeatable; default: all metrics every run of a setting has)")
     p.add_argument("--csv", default="", help="also write the table as CSV to this file")
+    p.add_argument("--force", action="store_true", help="replace a --csv file this tool did not write")
     p.add_argument("--split", default="test", help="split of the records to read (default: test)")
     p.add_argument("--pool", action="append", default=[], metavar="KEY",
                    help="also pool the runs that differ only in this sweep-tag key (repeatable; e.g. fold for "
@@ -357,6 +373,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not os.path.isdir(d):
             print(f"error: not a directory: {d}", file=sys.stderr)
             return 2
+    if args.csv:
+        check_overwrite(args.csv, args.force, starts_with(b"setting,dataset,"))
+    TEXT_METRICS.clear()
     runs = find_runs(args.dirs, args.split)
     if not runs:
         print(f"error: no finished runs (metrics.jsonl with a final record, or log.txt with "
@@ -364,11 +383,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     known = list(dict.fromkeys(k for r in runs for k in r.metrics))
     for m in args.metric or []:
+        if m not in known and m in TEXT_METRICS:
+            raise ToolError(f"metric {m!r} is not a number in {TEXT_METRICS[m]}: it cannot be averaged")
         if m not in known:
             hint = difflib.get_close_matches(m, known, n=1)
             extra = f"did you mean {hint[0]!r}?" if hint else f"available: {', '.join(known)}"
             print(f"error: metric {m!r} is in no run ({extra})", file=sys.stderr)
             return 2
+    for r in runs:
+        for m, v in r.metrics.items():
+            if (args.metric is None or m in args.metric) and not math.isfinite(v):
+                raise ToolError(f"metric {m!r} is {v} in {r.path}: a mean over seeds would be {v} too "
+                                "(leave the run out, or choose other metrics with --metric)")
+    skipped = sorted(set(TEXT_METRICS) - set(known))
+    if skipped and args.metric is None:
+        print(f"note: not summarised (not numbers): {', '.join(skipped)}", file=sys.stderr)
     pool = [k.lower() for k in args.pool]
     groups = group_runs(runs, pool)
     problems = mixed_configs(groups, pool)

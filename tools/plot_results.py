@@ -27,6 +27,8 @@ from typing import Dict, List, Optional, Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tools.parse_results import describe, find_runs, group_runs, summarize  # noqa: E402
+from utils.fileio import atomic_write  # noqa: E402
+from utils.cli import PNG_SOFTWARE, ToolError, check_output_folder, check_overwrite, png_is_ours, run_tool  # noqa: E402
 
 ZERO_SHOT = ("ZeroshotCLIP",)
 #: display names of the project's trainers
@@ -125,8 +127,11 @@ def plot_fewshot(entries: List[dict], metrics: List[str], path: str) -> Optional
         ax.set_ylim(lo - 0.04 * (hi - lo), hi)  # keep a zero-shot line at the bottom visible
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
+    try:  # through a temporary file: a full disk never leaves half a figure under the final name
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight",
+                                                   metadata={"Software": f"{PNG_SOFTWARE} plot_results"}))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -168,26 +173,47 @@ def plot_base_to_new(entries: List[dict], metric: str, path: str) -> Optional[st
     ax.legend(fontsize=8, ncol=3, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
+    try:  # through a temporary file: a full disk never leaves half a figure under the final name
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight",
+                                                   metadata={"Software": f"{PNG_SOFTWARE} plot_results"}))
+    finally:
+        plt.close(fig)
     return path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_tool(_main, argv)
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
+    import difflib
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("dirs", nargs="+", help="folders searched recursively for finished runs")
     p.add_argument("--metric", action="append", default=None, help="metric(s) to plot (default: accuracy)")
     p.add_argument("--out", default="", help="folder for the figures (default: the first folder)")
+    p.add_argument("--force", action="store_true", help="replace figure files this tool did not write")
     args = p.parse_args(argv)
     metrics = args.metric or ["accuracy"]
+    for d in args.dirs:
+        if not os.path.isdir(d):
+            raise ToolError(f"not a folder: {d}")
     entries = collect(args.dirs, metrics)
     if not entries:
         print(f"error: no finished runs under {', '.join(args.dirs)}", file=sys.stderr)
         return 2
-    out = args.out or args.dirs[0]
-    os.makedirs(out, exist_ok=True)
-    written = [f for f in (plot_fewshot(entries, metrics, os.path.join(out, "fewshot.png")),
-                           plot_base_to_new(entries, metrics[0], os.path.join(out, "base_to_new.png"))) if f]
+    known = list(dict.fromkeys(k for r in find_runs(args.dirs, "test") for k in r.metrics))
+    for m in metrics:  # a metric no run recorded would be an empty figure
+        if not any(e["values"].get(m) for e in entries):
+            hint = difflib.get_close_matches(m, known, n=1)
+            raise ToolError(f"metric {m!r} is in no run's test records ("
+                            + (f"did you mean {hint[0]!r}?" if hint else f"recorded: {', '.join(known)}") + ")")
+    out = check_output_folder(args.out or args.dirs[0])
+    targets = (os.path.join(out, "fewshot.png"), os.path.join(out, "base_to_new.png"))
+    for t in targets:
+        check_overwrite(t, args.force, png_is_ours)
+    written = [f for f in (plot_fewshot(entries, metrics, targets[0]),
+                           plot_base_to_new(entries, metrics[0], targets[1])) if f]
     for f in written:
         print(f"wrote {f}")
     if not written:

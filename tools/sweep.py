@@ -649,4 +649,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from utils.cli import run_tool  # one line for OSError / EmoLabError, no traceback
+
+    sys.exit(run_tool(main))

@@ -20,3 +20,7 @@ class DatasetError(EmoLabError):
 
 class CheckpointError(EmoLabError):
     """A checkpoint or weight file that is missing or cannot be read."""
+
+
+class WriteError(EmoLabError):
+    """A file cannot be written where the settings say (a folder in its path is a file, ...)."""

@@ -8,7 +8,8 @@ environment variable ``EMOLAB_KILL_AT`` names the instant::
     EMOLAB_KILL_AT="after_save:prompt_learner@2"   # at epoch 2 (1-based), after that module's file
     EMOLAB_KILL_AT="eval:val@3,cache:kmeans"       # several instants, the first one reached wins
 
-``name@E`` matches only at epoch ``E``; ``name#N`` at the N-th time the instant is reached in this
+A name may be a glob (``write:captions-*.pt``: the atomic write of any such file, between its temporary
+file and the rename). ``name@E`` matches only at epoch ``E``; ``name#N`` at the N-th time the instant is reached in this
 process; a bare ``name`` the first time. The process then sends itself ``SIGKILL`` (no cleanup runs,
 exactly like a power cut), or, with ``EMOLAB_KILL_MODE=raise``, raises :class:`SimulatedKill` (a
 ``BaseException`` no handler of the framework catches) so in-process tests can do the same faster;
@@ -17,6 +18,7 @@ exactly like a power cut), or, with ``EMOLAB_KILL_MODE=raise``, raises :class:`S
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 import signal
 from collections import Counter
@@ -52,7 +54,7 @@ def killpoint(name: str, epoch: Optional[int] = None) -> None:
         elif "#" in item:
             want, n = item.rsplit("#", 1)
             nth = int(n)
-        if want != name:
+        if want != name and not fnmatch.fnmatchcase(name, want):
             continue
         if at_epoch is not None and epoch != at_epoch:
             continue

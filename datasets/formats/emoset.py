@@ -84,6 +84,9 @@ def read_attributes(path: str) -> Dict[str, Any]:
     ann = _read_json(path, "annotation")
     if not isinstance(ann, dict):
         raise DatasetError(f"EmoSet annotation {path} must hold a JSON object")
+    if not ann.get("emotion"):  # every EmoSet annotation names its emotion: {} is an emptied or foreign file
+        raise DatasetError(f"EmoSet annotation {path} names no emotion (an emptied or foreign file): "
+                           "restore it, or set DATASET.EMOSET.ATTRIBUTES False to train without attributes")
     attrs: Dict[str, Any] = {}
     for key in TEXT_ATTRIBUTES:
         value = ann.get(key)

@@ -95,7 +95,12 @@ def _restricted_unpickler():
             if module == "copyreg" and name == "_reconstructor":
                 import copyreg
 
-                return copyreg._reconstructor
+                def reconstructor(cls, base, state):  # only gensim's classes over object (no list(range(N)))
+                    if cls is not _SavedKeyedVectors or base is not object:
+                        raise pickle.UnpicklingError("copyreg._reconstructor may only rebuild gensim KeyedVectors")
+                    return copyreg._reconstructor(cls, base, state)
+
+                return reconstructor
             if module == "builtins" and name == "object":
                 return object
             try:
@@ -133,7 +138,7 @@ def load_saved_keyed_vectors(path: str):
         side = f"{path}.vectors.npy"
         if not os.path.isfile(side):
             raise ValueError(f"the vectors are stored separately and {side} is missing")
-        vectors = np.load(side, allow_pickle=False)
+        vectors = np.array(np.load(side, mmap_mode="r", allow_pickle=False))  # a header larger than the file fails
     if keys is None or not isinstance(vectors, np.ndarray) or vectors.ndim != 2 or len(keys) != len(vectors):
         raise ValueError("not a gensim KeyedVectors file (no matching index_to_key and vectors)")
     if not all(isinstance(k, str) for k in keys):

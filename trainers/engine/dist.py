@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from utils.errors import EmoLabError
+from utils.killpoints import killpoint
 
 
 _TIMEOUT = {"seconds": 600.0}
@@ -33,6 +34,7 @@ def init_distributed(use_cuda: bool, timeout_s: float = 600.0) -> torch.device:
         if cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+        _start_heartbeat()
     if cuda:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
@@ -69,12 +71,70 @@ def _store():
         return None
 
 
+#: seconds between two heartbeats of a rank; a rank whose heartbeat stays still for HEARTBEAT_WAIT is frozen
+HEARTBEAT_S = 1.0
+HEARTBEAT_WAIT = 3.5
+
+
+def _start_heartbeat() -> None:
+    """A daemon thread that counts up ``emolab/alive/<rank>`` in the key-value store every second.
+
+    A rank stopped by SIGSTOP, a debugger or a frozen machine stops counting even when it had
+    already entered the collective that timed out (its collective count then looks up to date)."""
+    import threading
+    import time
+
+    store, me = _store(), get_rank()
+    if store is None:
+        return
+
+    def beat() -> None:
+        n = 0
+        while True:
+            n += 1
+            try:
+                store.set(f"emolab/alive/{me}", str(n))
+            except Exception:  # noqa: BLE001 - the store is gone: the run is ending
+                return
+            time.sleep(HEARTBEAT_S)
+
+    threading.Thread(target=beat, name="emolab-heartbeat", daemon=True).start()
+
+
+def _read_counts(store, prefix: str, ranks: List[int]) -> dict:
+    out = {}
+    for r in ranks:
+        key = f"{prefix}/{r}"
+        try:
+            out[r] = int(store.get(key)) if store.check([key]) else 0
+        except Exception:  # noqa: BLE001 - unreadable: say nothing about that rank
+            continue
+    return out
+
+
+def stopped_ranks(store, me: int, world: int, n: int) -> List[int]:
+    """The ranks that stopped answering: behind this one's collective count ``n``, or with a heartbeat
+    that did not move for :data:`HEARTBEAT_WAIT` seconds."""
+    import time
+
+    others = [r for r in range(world) if r != me]
+    entered = _read_counts(store, "emolab/collectives", others)
+    behind = {r for r, c in entered.items() if c < n}
+    beats = _read_counts(store, "emolab/alive", others)
+    if beats:
+        time.sleep(HEARTBEAT_WAIT)
+        later = _read_counts(store, "emolab/alive", others)
+        behind |= {r for r, c in beats.items() if r in later and later[r] == c}
+    return sorted(behind)
+
+
 def _checked(what: str, fn) -> Any:
     """Run a collective; a process that stopped answering becomes one line naming its rank.
 
     Before each collective every rank records in the process group's key-value store how many
-    collectives it has entered; when one times out (``TRAIN.DIST_TIMEOUT``), the ranks whose count is
-    behind this one's are the ones that stopped answering."""
+    collectives it has entered, and a heartbeat thread counts up while the process runs; when a
+    collective times out (``TRAIN.DIST_TIMEOUT``), the ranks whose count is behind this one's, or whose
+    heartbeat stands still, are the ones that stopped answering."""
     _CALLS["n"] += 1
     n, me = _CALLS["n"], get_rank()
     store = _store()
@@ -83,21 +143,11 @@ def _checked(what: str, fn) -> Any:
             store.set(f"emolab/collectives/{me}", str(n))
         except Exception:  # noqa: BLE001
             store = None
+    killpoint("collective")  # a rank frozen here has announced this collective but never joins it
     try:
         return fn()
     except RuntimeError:
-        behind = []
-        if store is not None:
-            for r in range(get_world_size()):
-                if r == me:
-                    continue
-                key = f"emolab/collectives/{r}"
-                try:
-                    count = int(store.get(key)) if store.check([key]) else 0
-                except Exception:  # noqa: BLE001
-                    continue
-                if count < n:
-                    behind.append(r)
+        behind = stopped_ranks(store, me, get_world_size(), n) if store is not None else []
         who = ("rank " + ", ".join(map(str, behind))) if behind else "another process"
         raise RankStopped(f"{who} stopped answering during {what} (no reply within TRAIN.DIST_TIMEOUT "
                           f"{_TIMEOUT['seconds']:g} s); this is rank {me}") from None

@@ -147,8 +147,16 @@ class MetricsWriter:
     def append(self, records: list) -> None:
         """Append ``records`` to the file (one write; the run state holds them already)."""
         if self.enabled and records:
+            from utils.fileio import mend_cut_line
+            from utils.killpoints import killpoint
+
+            mend_cut_line(self.path)  # a line a kill cut short would swallow the next record
+            text = "".join(json.dumps(r) + "\n" for r in records)
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write("".join(json.dumps(r) + "\n" for r in records))
+                f.write(text[: len(text) // 2])
+                f.flush()
+                killpoint(f"append:{os.path.basename(self.path)}")  # the kill harness: half a line written
+                f.write(text[len(text) // 2:])
                 f.flush()
 
     def rewrite(self, records: list) -> None:

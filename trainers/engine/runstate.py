@@ -270,10 +270,54 @@ def clear_run(directory: str) -> List[str]:
     return removed
 
 
+def _is_emolab_records(path: str) -> bool:
+    """Every line of ``path`` is a metrics record EmoLab writes (a last line cut by a kill excepted)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except (OSError, UnicodeDecodeError):
+        return False
+    body = [x for x in lines[:-1] if x.strip()]
+    for line in body:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            return False
+        if not (isinstance(rec, dict) and "split" in rec and isinstance(rec.get("metrics"), dict)):
+            return False
+    return True
+
+
+def _is_emolab_config(path: str) -> bool:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(doc, dict) and {"TRAINER", "DATASET", "OUTPUT_DIR"} <= set(doc)
+
+
+def foreign_files(directory: str) -> List[str]:
+    """The files of ``directory`` a run writes to (``config.yaml``, ``metrics.jsonl``, ``eval.jsonl``)
+    that exist but were not written by EmoLab: a run neither replaces, appends to nor deletes them."""
+    checks = {"config.yaml": _is_emolab_config, "config-eval.yaml": _is_emolab_config,
+              "metrics.jsonl": _is_emolab_records, EVAL_RECORDS: _is_emolab_records}
+    return [name for name, ours in checks.items()
+            if os.path.isfile(os.path.join(directory, name)) and not ours(os.path.join(directory, name))]
+
+
 def check_rerun(out: str, config_yaml: str, restart: bool, eval_only: bool) -> Optional[str]:
     """Decide what a start into OUTPUT_DIR ``out`` with the config ``config_yaml`` (``cfg.dump()``)
     does. Returns ``"fresh"``, ``"restart"``, ``"resume"`` or ``"finished"`` (nothing to do); raises a
-    one-line ConfigError when the config changed."""
+    one-line ConfigError when the config changed, or when the folder holds files of the run's names
+    that EmoLab did not write."""
+    foreign = foreign_files(out)
+    if foreign:
+        raise ConfigError(f"OUTPUT_DIR {out} holds {', '.join(foreign)} that no EmoLab run wrote (a run would replace "
+                          f"{'it' if len(foreign) == 1 else 'them'}{'; --restart deletes only what EmoLab wrote' if restart else ''}): "
+                          "choose another --output-dir")
     if eval_only or not holds_run(out):
         return "fresh"
     if restart:

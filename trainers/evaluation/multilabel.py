@@ -109,6 +109,9 @@ class MultiLabel(EvaluatorBase):
             raise ConfigError(f"TEST.THRESHOLD must be in [0, 1] (a sigmoid score), got {threshold}")
         if not topk or any(int(k) < 1 for k in topk):
             raise ConfigError(f"TEST.TOPK must be positive integers, got {tuple(topk)}")
+        from .topk import check_topk
+
+        check_topk(topk, len(classnames))
         self.threshold = float(threshold)
         self.topk = tuple(dict.fromkeys(int(k) for k in topk))
         self.per_class = per_class

@@ -12,6 +12,8 @@ from typing import Any, List, Sequence
 import numpy as np
 import torch
 
+from utils.errors import ConfigError
+
 from .base import EVALUATOR_REGISTRY, log_result, pct
 from .classification import Classification
 
@@ -25,12 +27,21 @@ def topk_accuracy(logits: np.ndarray, y_true: np.ndarray, k: int) -> float:
     return float(100.0 * (top == y_true[:, None]).any(axis=1).mean())
 
 
+def check_topk(ks: Sequence[int], num_classes: int) -> None:
+    """A k beyond the class count is a metric every model scores 100 on: one line naming it instead."""
+    over = [int(k) for k in ks if int(k) > num_classes]
+    if over:
+        raise ConfigError(f"TEST.TOPK holds {over[0]} but the dataset has {num_classes} classes: top-{over[0]} "
+                          f"would be 100% for any model (use values up to {num_classes})")
+
+
 @EVALUATOR_REGISTRY.register()
 class ClassificationTopK(Classification):
     """:class:`Classification` plus ``top{k}_accuracy`` for k in ``topk`` (k > 1)."""
 
     def __init__(self, classnames: List[str], topk: Sequence[int] = (1, 3), **kwargs: Any) -> None:
         self.ks = sorted({int(k) for k in topk if int(k) > 1})
+        check_topk(self.ks, len(classnames))
         super().__init__(classnames, **kwargs)
 
     def evaluate(self) -> "OrderedDict[str, float]":

@@ -49,8 +49,11 @@ def vit_size(node: CN, key: str) -> Tuple[int, int, int, int]:
     return ARCHS[node.ARCH]
 
 
-def effective_lr(blr: float, lr: float, batch_size: int, world_size: int) -> float:
-    """``blr * batch_size * world_size / 256`` when ``blr > 0`` (``BLR``), else ``lr`` (``OPTIM.LR``)."""
+def effective_lr(blr: float, lr: float, batch_size: int, world_size: int, key: str = "TRAINER.UNIEMOX") -> float:
+    """``blr * batch_size * world_size / 256`` when ``blr > 0`` (``BLR``), ``lr`` (``OPTIM.LR``) when it is 0;
+    a negative (or NaN) BLR is refused, naming ``key``."""
+    if not blr >= 0:  # NaN included
+        raise ConfigError(f"{key}.BLR must be >= 0 (0 = use OPTIM.LR), got {blr}")
     if blr > 0:
         return float(blr) * batch_size * world_size / 256.0
     return float(lr)

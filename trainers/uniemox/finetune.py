@@ -135,10 +135,12 @@ class UniEmoX(TrainerBase):
         optim = adamw(groups, lr, (cfg.OPTIM.ADAM_BETA1, cfg.OPTIM.ADAM_BETA2), fused=fused)
         sched = build_schedule(optim, lr, float(u.MIN_LR), float(cfg.OPTIM.WARMUP_EPOCH), float(cfg.OPTIM.MAX_EPOCH),
                                len(self.train_loader))
-        logger.info(f"lr {lr:.3g} (BLR {u.BLR} x batch {batch} x {self.world_size} / 256), "
+        how = (f"BLR {u.BLR} x batch {batch} x {self.world_size} / 256" if u.BLR > 0
+               else "OPTIM.LR, as TRAINER.UNIEMOX.BLR is 0")
+        logger.info(f"lr {lr:.3g} ({how}), "
                     f"layer decay {u.LAYER_DECAY if u.LAYER_DECAY_ENABLED else 'off'}, {len(groups)} parameter groups")
         self.register_model("model", self.model, optim=optim, sched=sched)
-        self.mixup = self._build_mixup()
+        self.mixup = self.build_mixup()
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
         if self.mixup is not None:
@@ -148,7 +150,7 @@ class UniEmoX(TrainerBase):
         else:
             self.criterion = nn.CrossEntropyLoss()
 
-    def _build_mixup(self):
+    def build_mixup(self):
         u = self.node()
         if u.MIXUP <= 0 and u.CUTMIX <= 0:
             return None
@@ -156,14 +158,19 @@ class UniEmoX(TrainerBase):
 
         if self.data.options.train_batch_size % 2:
             raise ConfigError("Mixup/CutMix needs an even DATALOADER.TRAIN_X.BATCH_SIZE")
+        self.mixup_seed = self.data.options.seed  # seeds each step's Mixup/CutMix draws (compute_loss)
         return Mixup(mixup_alpha=float(u.MIXUP), cutmix_alpha=float(u.CUTMIX), prob=float(u.MIXUP_PROB),
                      switch_prob=float(u.MIXUP_SWITCH_PROB), mode=u.MIXUP_MODE, label_smoothing=float(u.SMOOTHING),
                      num_classes=self.num_classes)
 
     def compute_loss(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         images, target = batch["img"], batch["label"]
-        if self.mixup is not None:
-            images, target = self.mixup(images, target)
+        if self.mixup is not None:  # timm draws on np.random: one generator per step, seeded from the run's seed
+            from datasets.loader import view_seed
+            from utils.rng import seeded_draws
+
+            with seeded_draws(view_seed(self.mixup_seed, self.epoch, 1_000_000_007 + self.batch_idx)):
+                images, target = self.mixup(images, target)
         logits = self.model(images)
         return {"loss": self.criterion(logits.float(), target)}
 

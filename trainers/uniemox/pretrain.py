@@ -170,7 +170,8 @@ class UniEmoXPretrain(TrainerBase):
         if fusion is not None and any(True for _ in fusion.parameters()):
             groups += param_groups_weight_decay(fusion, float(cfg.OPTIM.WEIGHT_DECAY))
         groups = [g for g in groups if g["params"]]
-        lr = effective_lr(p.BLR, cfg.OPTIM.LR, self.data.options.train_batch_size, self.world_size)
+        lr = effective_lr(p.BLR, cfg.OPTIM.LR, self.data.options.train_batch_size, self.world_size,
+                          "TRAINER.UNIEMOX_PRETRAIN")
         fused = bool(cfg.OPTIM.FUSED) and self.device.type == "cuda"
         optim = torch.optim.AdamW(groups, lr=lr, betas=(cfg.OPTIM.ADAM_BETA1, cfg.OPTIM.ADAM_BETA2),
                                   **({"fused": True} if fused else {}))
