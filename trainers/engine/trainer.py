@@ -35,6 +35,7 @@ from . import runstate
 from .checkpoint import ckpt_name
 from .hooks import CheckpointHook, EvalHook, HookBase, LRSchedulerHook, ProgressHook
 from .logger import MetricsWriter
+from .trackers import trackers_from_cfg
 from utils.progress import progress, set_progress_enabled
 from .optim import build_lr_scheduler, build_optimizer
 from .utils import MeterDict, autocast, resolve_precision, set_seed, to_device
@@ -80,7 +81,8 @@ class TrainerBase(RunStateMixin, EvaluationMixin):
         self.is_best, self.last_val = False, None
         self._stop = False  # a hook (e.g. early stopping) sets stop_training to end training after the epoch
         self.evaluating_only = runstate.MODE["value"] == "eval"
-        self.writer = MetricsWriter(self.output_dir, enabled=self.is_main, tensorboard=not self.evaluating_only)
+        tensorboard, trackers = (False, []) if self.evaluating_only or not self.is_main else trackers_from_cfg(cfg)
+        self.writer = MetricsWriter(self.output_dir, enabled=self.is_main, tensorboard=tensorboard, trackers=trackers)
         if self.evaluating_only and runstate.holds_run(self.output_dir):
             self.writer.path = os.path.join(self.output_dir, runstate.EVAL_RECORDS)  # never the run's metrics
         elif not self.evaluating_only:
