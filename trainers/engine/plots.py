@@ -81,12 +81,20 @@ def _save(fig: Any, path: str, writer: Any = None, tag: str = "", step: int = 0)
 def run_title(cfg: Any) -> str:
     """``CoOp on SyntheticEmotion, 4 shots, seed 1``."""
     shots = int(cfg.DATASET.NUM_SHOTS)
-    parts = [f"{cfg.TRAINER.NAME} on {cfg.DATASET.NAME}", f"{shots} shots" if shots > 0 else "all shots"]
+    zero_shot = cfg.TRAINER.NAME in ZERO_SHOT_TRAINERS
+    parts = [f"{cfg.TRAINER.NAME} on {cfg.DATASET.NAME}",
+             "zero-shot (no training images)" if zero_shot else f"{shots} shots" if shots > 0 else "all shots"]
     if cfg.DATASET.SUBSAMPLE_CLASSES != "all":
         parts.append(f"{cfg.DATASET.SUBSAMPLE_CLASSES} classes")
-    if cfg.SEED >= 0:
+    if cfg.SEED >= 0 and not zero_shot:  # nothing random in a zero-shot evaluation
         parts.append(f"seed {cfg.SEED}")
     return ", ".join(parts)
+
+
+#: trainers that learn nothing: their figures say zero-shot, not a number of shots and a seed
+ZERO_SHOT_TRAINERS = ("ZeroshotCLIP",)
+#: metrics reported in percent (0-100); chance level = 100 / classes for the first two
+PERCENT_CHANCE = ("accuracy", "balanced_accuracy")
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -127,9 +135,14 @@ def plot_training_curves(trainer: Any) -> Optional[str]:
     for r in train.values():
         loss_keys += [k for k in r["metrics"] if k not in loss_keys]
 
+    final = next((r for r in reversed(records) if r.get("final") and isinstance(r.get("metrics"), dict)), None)
+    if 2 + len(val_keys) == 5:
+        val_keys = val_keys[:2]  # five panels would leave one of six cells empty: keep the main metric first
+    n_classes = len(getattr(trainer, "classnames", []) or [])
+    percent = _percent_keys(val_keys, val)
     plt = _plt()
     n_panels = 2 + len(val_keys)
-    cols = min(3, n_panels)
+    cols = min(3, n_panels) if n_panels != 4 else 2
     rows = math.ceil(n_panels / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     axes = axes.ravel()
@@ -139,6 +152,7 @@ def plot_training_curves(trainer: Any) -> Optional[str]:
         ys = [train[e]["metrics"].get(k, float("nan")) for e in epochs]
         ax.plot(epochs, ys, marker="o", ms=3, label=k, lw=2 if k == "loss" else 1)
     ax.set_title("training loss (mean over the epoch)")
+    ax.set_ylabel("loss, epoch mean (the log's value in brackets)", fontsize=7)
     ax.set_xlabel("epoch")
     if len(loss_keys) > 1:
         ax.legend(fontsize=7)
@@ -157,6 +171,7 @@ def plot_training_curves(trainer: Any) -> Optional[str]:
             lrs += [train[e]["lr"], train[e]["lr"]]
     ax.plot(xs, lrs, color="tab:green")
     ax.set_title("learning rate used by each step")
+    ax.set_ylabel("learning rate")
     ax.set_xlabel("epoch")
     positive = [v for v in lrs if v > 0]
     if positive and max(positive) / min(positive) > 50:
@@ -177,14 +192,39 @@ def plot_training_curves(trainer: Any) -> Optional[str]:
             ax.plot([ve[b]], [ys[b]], marker="*", ms=12, color="tab:red",
                     label=f"best {ys[b]:.2f} (epoch {ve[b]})\nfinal test used the {tested}")
             ax.legend(fontsize=7, loc="best")
+        if final is not None and isinstance(final["metrics"].get(k), (int, float)):
+            ck = final.get("checkpoint") or {}
+            at = ck.get("epoch") if isinstance(ck.get("epoch"), int) else (max(ve) if ve else final.get("epoch"))
+            ax.plot([at], [final["metrics"][k]], marker="s", ms=8, ls="none", color="tab:green",
+                    label=f"final test {final['metrics'][k]:.2f} (epoch {at} model)")
+            ax.legend(fontsize=7, loc="best")
+        if k in PERCENT_CHANCE and k in percent and n_classes > 1:
+            ax.axhline(100.0 / n_classes, color="grey", ls="--", lw=1)
+            ax.annotate(f"chance {100.0 / n_classes:.1f}%", (0.01, 100.0 / n_classes), xycoords=("axes fraction", "data"),
+                        fontsize=7, color="grey", va="bottom")
         ax.set_title(f"validation {k}" + (" (main)" if k == main else ""))
+        ax.set_ylabel(f"{k} (%)" if k in percent else k)
         ax.set_xlabel("epoch")
         _integer_epochs(ax)
+    lo, hi = min(epochs) - 0.5, max(epochs) + 0.5
+    for ax in axes[:n_panels]:
+        ax.set_xlim(lo, hi)  # one x-axis for every panel: epoch e spans [e - 0.5, e + 0.5]
     for ax in axes[n_panels:]:
         ax.axis("off")
     fig.suptitle(run_title(trainer.cfg), fontsize=10)
     fig.tight_layout()
     return _save(fig, os.path.join(plot_dir(output_dir), "training_curves.png"), trainer.writer, "plots/training_curves")
+
+
+def _percent_keys(keys: List[str], val: Dict[int, Dict[str, Any]]) -> List[str]:
+    """The metrics among ``keys`` on a 0-100 scale (a value above 1 was seen; losses and
+    correlations never are)."""
+    out = []
+    for k in keys:
+        ys = [r["metrics"][k] for r in val.values() if isinstance(r["metrics"].get(k), (int, float))]
+        if ys and max(ys) > 1.0 and "loss" not in k and not k.endswith(("mse", "mae", "rmse")):
+            out.append(k)
+    return out
 
 
 # ---------------------------------------------------------------------------------------- evaluation
@@ -288,9 +328,10 @@ def plot_confusion(pred: torch.Tensor, true: torch.Tensor, names: List[str], d: 
     if n <= 30:
         for i in range(n):
             for j in range(n):
-                if cm[i, j]:
+                if cm[i, j] or i == j:  # a zero on the diagonal (a class never right) is shown, in red
                     ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if share[i, j] > 0.6 else "black")
+                            fontweight="bold" if i == j else "normal",
+                            color="tab:red" if i == j and not cm[i, j] else "white" if share[i, j] > 0.6 else "black")
         ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(n), names, fontsize=8)
     ax.set_xlabel("predicted class")

@@ -312,13 +312,14 @@ class TrainerBase(RunStateMixin, EvaluationMixin):
         self._call("after_train")
         logger.info("Finish training", extra={"bare": True})  # Dassl's line, exactly: CoOp's parse_test_res.py reads results after it
         logger.info(f"training time: {time.time() - t0:.1f}s")
-        if self.is_main:
-            plots.plot_training_curves(self)
         if not len(epochs) and self.start_epoch > 0:
             self.epoch = self.start_epoch - 1
             if self.start_epoch >= self.max_epoch:
                 logger.info("the run had already finished all epochs")
-        return self.final_test()
+        results = self.final_test()
+        if self.is_main:
+            plots.plot_training_curves(self)  # after the final test, which the figure shows
+        return results
 
     def final_test(self) -> Dict[str, float]:
         """Test the model TEST.FINAL_MODEL names, then commit the run as finished (records which
