@@ -121,9 +121,17 @@ def preflight(args: argparse.Namespace) -> None:
     check_args(args)
     if args.imports or os.environ.get("EMOLAB_IMPORT"):
         return
-    cfg = setup_cfg(args, light=True)
+    # light (torch-free) unless the trainers are imported already (a notebook or a test: nothing to save)
+    cfg = setup_cfg(args, light="trainers" not in sys.modules)
     if args.eval_only:
         cli.check_model_dir(args.run_dir, args.load_epoch)
+        saved = run_config_path(args)
+        if saved:
+            changed = cli.changed_keys(saved, cfg)
+            if changed:
+                print(f"warning: evaluating with {len(changed)} key(s) changed from {saved} ({'; '.join(changed[:4])})"
+                      ": a checkpoint that no longer fits the model stops once the model is built", file=sys.stderr)
+    cli.check_paths(cfg)
     for w in cli.check_device(cfg, bool(cfg.TRAIN.REQUIRE_GPU)):
         print(f"warning: {w}", file=sys.stderr)
     cli.check_loggers(cfg)
@@ -295,9 +303,9 @@ def log_eval_source(args: argparse.Namespace, cfg) -> None:
     saved = run_config_path(args)
     if not saved:
         return
-    from trainers.engine.runstate import config_changes
+    from configs.cli import changed_keys
 
-    changes = config_changes(saved, cfg)
+    changes = changed_keys(saved, cfg)
     logger.info(f"evaluating with the run's config {saved}"
                 + (f"; {len(changes)} key(s) differ from it: " + "; ".join(changes) if changes else
                    " (no key differs)") + f"; outputs in {cfg.OUTPUT_DIR}")

@@ -46,8 +46,16 @@ output/<dataset>/<trainer>/<config>/seed<SEED> and an evaluation to <model dir>/
 Docs: README.md and docs/."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (``error: ... (see train.py --help)``), exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="train.py", description="EmoLab: train or evaluate any registered trainer on any registered dataset.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=str, default=None, help="path to the dataset root (DATASET.ROOT)")
@@ -370,6 +378,9 @@ def checkpoint_epochs(model_dir: str) -> Dict[str, List[int]]:
 
 def check_model_dir(model_dir: str, load_epoch: Optional[int]) -> None:
     """``--model-dir`` holds checkpoints, and the ``--load-epoch`` asked for (one line naming what is there)."""
+    if not os.path.exists(model_dir):
+        raise ConfigError(f"no run to evaluate in {model_dir}: name the run folder with --model-dir RUN "
+                          "(or the --output-dir it was trained with)")
     if not os.path.isdir(model_dir):
         return  # a checkpoint file (UniEmoX's released weights): the trainer reads it
     found = checkpoint_epochs(model_dir)
@@ -383,8 +394,46 @@ def check_model_dir(model_dir: str, load_epoch: Optional[int]) -> None:
         missing = [m for m, eps in found.items() if load_epoch not in eps]
         if missing:
             have = sorted({e for eps in found.values() for e in eps if e > 0})
-            raise ConfigError(f"--load-epoch {load_epoch}: {model_dir}/{missing[0]} has no model.pth.tar-{load_epoch} "
-                              f"(saved epochs: {', '.join(map(str, have)) or 'only model-best.pth.tar'})")
+            raise ConfigError(f"checkpoint not found: {os.path.join(model_dir, missing[0])}/model.pth.tar-{load_epoch} "
+                              f"(--load-epoch {load_epoch}; saved epochs: {', '.join(map(str, have)) or 'none'}"
+                              f"{', and model-best.pth.tar' if any(0 in e for e in found.values()) else ''})")
+
+
+def check_paths(cfg) -> None:
+    """The dataset root of a dataset that is read, not generated (``Synthetic*`` datasets make their files)."""
+    root = str(cfg.DATASET.ROOT or "")
+    name = str(cfg.DATASET.NAME)
+    if name.startswith("Synthetic") or "Features" in name or "Conversation" in name:
+        return  # generated on first use, or files named by their own keys
+    if root and not os.path.isdir(os.path.expanduser(root)):
+        raise ConfigError(f"dataset folder not found: {root} (DATASET.ROOT; set it with --root)")
+
+
+def changed_keys(saved_path: str, cfg, ignore: Sequence[str] = ("OUTPUT_DIR", "RESUME")) -> List[str]:
+    """``KEY saved -> now`` for each key whose value differs between a run's ``config.yaml`` and ``cfg``."""
+    import yaml
+
+    from .config import flatten
+
+    with open(saved_path, encoding="utf-8") as f:
+        saved = yaml.safe_load(f) or {}
+
+    def flat(d: Any, prefix: str = "") -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for k, v in (d or {}).items():
+            if isinstance(v, dict) and v:
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[prefix + str(k)] = list(v) if isinstance(v, (list, tuple)) else v
+        return out
+
+    a = flat(saved)
+    out = []
+    for k, v in flatten(cfg):
+        v = list(v) if isinstance(v, (list, tuple)) else v
+        if k in a and k not in ignore and a[k] != v:
+            out.append(f"{k} {a[k]!r} -> {v!r}")
+    return out
 
 
 def cuda_usable() -> Optional[bool]:
@@ -422,7 +471,11 @@ def check_names(cfg) -> None:
     for kind, key, registry, pkg in (("trainer", "TRAINER.NAME", "TRAINER_REGISTRY", "trainers"),
                                      ("dataset", "DATASET.NAME", "DATASET_REGISTRY", "datasets")):
         reg = Registry(kind)
-        for name in registered_in_sources(registry, (pkg,)):
+        names = set(registered_in_sources(registry, (pkg,)))
+        live = sys.modules.get("trainers.registry" if kind == "trainer" else "datasets.base")
+        if live is not None and hasattr(live, registry):  # imported already (a notebook, a test): its names too
+            names |= set(getattr(live, registry).names())
+        for name in sorted(names):
             reg.register(object(), name=name)
         value = cfg.TRAINER.NAME if kind == "trainer" else cfg.DATASET.NAME
         reg.get(value)
