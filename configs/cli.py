@@ -159,8 +159,12 @@ def registered_in_sources(registry: str, packages: Sequence[str] = ("trainers", 
                 calls: List[Tuple[ast.AST, Dict[str, Any]]] = []
                 if isinstance(node, ast.Expr):
                     calls.append((node.value, {}))
-                elif isinstance(node, ast.For) and isinstance(node.target, ast.Name) and isinstance(node.iter, ast.Name):
-                    values = consts.get(node.iter.id, ())
+                elif isinstance(node, ast.For) and isinstance(node.target, ast.Name):
+                    try:
+                        values = (consts.get(node.iter.id, ()) if isinstance(node.iter, ast.Name)
+                                  else ast.literal_eval(node.iter))
+                    except (ValueError, TypeError, SyntaxError):
+                        values = ()
                     calls += [(s.value, {node.target.id: values}) for s in node.body if isinstance(s, ast.Expr)]
                 for call, loop in calls:
                     if _registry_of(call) == registry and isinstance(call, ast.Call) and call.args:
