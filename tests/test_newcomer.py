@@ -152,12 +152,13 @@ def _tree(folder):
 
 def test_eval_only_with_the_run_folder_alone_reproduces_the_final_test(finished_run, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # a default ./output would land here
-    before = _tree(str(finished_run))
+    before = {k: v for k, v in _tree(str(finished_run)).items() if not k.startswith("eval" + os.sep)}
+    earlier = set(glob.glob(str(finished_run / "eval" / "*")))  # evaluations of other tests
     trained = [r for r in read_metrics(str(finished_run)) if r.get("final")][-1]
     assert run_cli(["--eval-only", "--model-dir", str(finished_run)]) == 0
     after = _tree(str(finished_run))
     assert {k: v for k, v in after.items() if not k.startswith("eval" + os.sep)} == before  # nothing overwritten
-    evals = glob.glob(str(finished_run / "eval" / "*"))
+    evals = sorted(set(glob.glob(str(finished_run / "eval" / "*"))) - earlier)
     assert len(evals) == 1
     with open(os.path.join(evals[0], "eval.jsonl")) as f:
         rec = [json.loads(line) for line in f][-1]
@@ -173,7 +174,7 @@ def test_eval_only_with_the_run_folder_alone_reproduces_the_final_test(finished_
     # also goes to RUN/eval/<time>
     assert run_cli(["--eval-only", "--model-dir", str(finished_run), "--output-dir", str(finished_run),
                     "DATALOADER.TEST.BATCH_SIZE", "5"]) == 0
-    evals2 = sorted(set(glob.glob(str(finished_run / "eval" / "*"))) - set(evals))
+    evals2 = sorted(set(glob.glob(str(finished_run / "eval" / "*"))) - set(evals) - earlier)
     assert len(evals2) == 1
     log = open(os.path.join(evals2[0], "log.txt")).read()
     assert "1 key(s) differ from it: DATALOADER.TEST.BATCH_SIZE 100 -> 5" in log
