@@ -91,7 +91,10 @@ def setup_cfg(args: argparse.Namespace, light: bool = False):
         cfg.OUTPUT_DIR = cli.default_output_dir(cfg, args)  # never the folder every sweep shares
     if args.eval_only:
         args.run_dir = args.model_dir or (args.output_dir if saved else cfg.OUTPUT_DIR)
-        if not args.print_config and (not args.output_dir or _same(args.output_dir, args.run_dir)):
+        # --output-dir X alone (no --model-dir) into a folder that holds no run: evaluate into X itself
+        # (a zero-shot evaluation); every other evaluation goes to <run>/eval/<time>
+        plain = bool(args.output_dir and not args.model_dir and not saved)
+        if not args.print_config and not plain and (not args.output_dir or _same(args.output_dir, args.run_dir)):
             # an evaluation never writes over the training's files: RUN/eval/<time>
             cfg.OUTPUT_DIR = getattr(args, "eval_dir", None) or cli.eval_output_dir(args.run_dir)
             args.eval_dir = cfg.OUTPUT_DIR  # the light and the full config name the same folder
@@ -123,7 +126,7 @@ def preflight(args: argparse.Namespace) -> None:
         return
     # light (torch-free) unless the trainers are imported already (a notebook or a test: nothing to save)
     cfg = setup_cfg(args, light="trainers" not in sys.modules)
-    if args.eval_only:
+    if args.eval_only and (args.model_dir or not args.output_dir):
         cli.check_model_dir(args.run_dir, args.load_epoch)
         saved = run_config_path(args)
         if saved:

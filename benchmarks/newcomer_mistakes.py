@@ -47,7 +47,7 @@ MISTAKES: List[Tuple[str, str, List[str], Tuple[str, ...], bool, Tuple[str, ...]
      ("--resume /nonexistent/run", "not a folder"), True, ()),
     ("model-dir-missing", "--model-dir to a folder that is not there", ["--eval-only", "--model-dir", "/nonexistent/run"],
      ("--model-dir", "does not exist"), True, ()),
-    ("eval-without-run", "--eval-only with no run anywhere", ["--eval-only", "--output-dir", "{tmp}/none"],
+    ("eval-without-run", "--eval-only with no run anywhere", ["--eval-only", "--seed", "7"],
      ("no run to evaluate", "--model-dir"), True, ()),
     ("load-epoch-missing", "an epoch that was not saved", ["--eval-only", "--model-dir", "{run}", "--load-epoch", "9"],
      ("checkpoint not found", "saved epochs: 2"), True, ()),

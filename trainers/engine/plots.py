@@ -81,8 +81,9 @@ def _save(fig: Any, path: str, writer: Any = None, tag: str = "", step: int = 0)
 def run_title(cfg: Any) -> str:
     """``CoOp on SyntheticEmotion, 4 shots, seed 1``."""
     shots = int(cfg.DATASET.NUM_SHOTS)
-    zero_shot = cfg.TRAINER.NAME in ZERO_SHOT_TRAINERS
-    parts = [f"{cfg.TRAINER.NAME} on {cfg.DATASET.NAME}",
+    name = cfg.TRAINER.NAME
+    zero_shot = name in ZERO_SHOT_TRAINERS
+    parts = [f"{name} on {cfg.DATASET.NAME}",
              "zero-shot (no training images)" if zero_shot else f"{shots} shots" if shots > 0 else "all shots"]
     if cfg.DATASET.SUBSAMPLE_CLASSES != "all":
         parts.append(f"{cfg.DATASET.SUBSAMPLE_CLASSES} classes")
