@@ -42,7 +42,8 @@ def setup_cfg(args: argparse.Namespace, light: bool = False):
 
         cfg = get_cfg()
     saved = run_config_path(args)
-    if saved:
+    if saved and not (args.config_file or args.dataset_config_file):
+        # the run's own config; yaml files given on the command line replace it (e.g. another dataset)
         merge_from_file(cfg, saved)
         cfg.RESUME = ""
     if args.dataset_config_file:
@@ -309,7 +310,9 @@ def log_eval_source(args: argparse.Namespace, cfg) -> None:
     from configs.cli import changed_keys
 
     changes = changed_keys(saved, cfg)
-    logger.info(f"evaluating with the run's config {saved}"
+    files = args.config_file or args.dataset_config_file
+    logger.info((f"evaluating with the config files given, compared with the run's config {saved}" if files else
+                 f"evaluating with the run's config {saved}")
                 + (f"; {len(changes)} key(s) differ from it: " + "; ".join(changes) if changes else
                    " (no key differs)") + f"; outputs in {cfg.OUTPUT_DIR}")
 

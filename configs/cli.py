@@ -73,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", type=str, default="", help="backbone name (MODEL.BACKBONE.NAME)")
     p.add_argument("--head", type=str, default="", help="head name (MODEL.HEAD.NAME)")
     p.add_argument("--eval-only", action="store_true",
-                   help="evaluate only; with --model-dir RUN the config is RUN/config.yaml (flags and KEY VALUE "
-                        "pairs still override) and the outputs go to RUN/eval/<time>")
+                   help="evaluate only; with --model-dir RUN the config is RUN/config.yaml unless config files are "
+                        "given (flags and KEY VALUE pairs still override) and the outputs go to RUN/eval/<time>")
     p.add_argument("--model-dir", type=str, default="", help="the run folder (or checkpoint) --eval-only loads")
     p.add_argument("--load-epoch", type=int, default=None,
                    help="epoch of the checkpoint --eval-only loads (default: the checkpoint the run's final test "
