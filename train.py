@@ -21,7 +21,7 @@ import sys
 from configs.cli import build_parser  # noqa: F401  (the parser; torch-free, as --help, --list, --print-config)
 from configs.config import merge_from_file, merge_from_list, save_cfg
 from configs.validate import check_config
-from utils.errors import ConfigError, EmoLabError
+from utils.errors import CheckpointError, ConfigError, EmoLabError
 
 logger = logging.getLogger("emolab")
 
@@ -129,12 +129,6 @@ def preflight(args: argparse.Namespace) -> None:
     cfg = setup_cfg(args, light="trainers" not in sys.modules)
     if args.eval_only and (args.model_dir or not args.output_dir):
         cli.check_model_dir(args.run_dir, args.load_epoch)
-        saved = run_config_path(args)
-        if saved:
-            changed = cli.changed_keys(saved, cfg)
-            if changed:
-                print(f"warning: evaluating with {len(changed)} key(s) changed from {saved} ({'; '.join(changed[:4])})"
-                      ": a checkpoint that no longer fits the model stops once the model is built", file=sys.stderr)
     cli.check_paths(cfg)
     for w in cli.check_device(cfg, bool(cfg.TRAIN.REQUIRE_GPU)):
         print(f"warning: {w}", file=sys.stderr)
@@ -282,7 +276,13 @@ def run(args: argparse.Namespace) -> int:
                 if getattr(args, "eval_dir", None) == out:
                     trainer.writer.path = os.path.join(out, runstate.EVAL_RECORDS)  # not a run: parse_results skips it
                 epoch = runstate.eval_epoch(model_dir, args.load_epoch)
-                trainer.load_model(model_dir, epoch=epoch)
+                try:
+                    trainer.load_model(model_dir, epoch=epoch)
+                except CheckpointError as e:
+                    if "does not fit" in str(e) and getattr(args, "changed_keys", None):
+                        raise CheckpointError(f"{e} -- keys changed from the run's config.yaml: "
+                                              f"{'; '.join(args.changed_keys[:4])}") from None
+                    raise
                 trainer.final_checkpoint = trainer.loaded_checkpoint
                 if trainer.loaded_checkpoint:
                     ck = trainer.loaded_checkpoint
@@ -310,6 +310,7 @@ def log_eval_source(args: argparse.Namespace, cfg) -> None:
     from configs.cli import changed_keys
 
     changes = changed_keys(saved, cfg)
+    args.changed_keys = changes
     files = args.config_file or args.dataset_config_file
     logger.info((f"evaluating with the config files given, compared with the run's config {saved}" if files else
                  f"evaluating with the run's config {saved}")

@@ -70,7 +70,7 @@ MISTAKES: List[Tuple[str, str, List[str], Tuple[str, ...], bool, Tuple[str, ...]
         "--root", "{data}", "--output-dir", "{tmp}/shots", "--dataset-config-file", SYN, "--config-file", COOP,
         *SMALL, "DATASET.NUM_SHOTS", "1000"], ("NUM_SHOTS=1000",), False, ()),
     ("checkpoint-misfit", "evaluating a run with a changed prompt length (needs the model)", [
-        "--eval-only", "--model-dir", "{run}", "TRAINER.COOP.N_CTX", "8"], ("does not fit",), False, ()),
+        "--eval-only", "--model-dir", "{run}", "TRAINER.COOP.N_CTX", "8"], ("does not fit", "keys changed from the run's config.yaml: TRAINER.COOP.N_CTX 4 -> 8"), False, ()),
 ]
 
 PRELUDE = """
