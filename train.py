@@ -224,6 +224,13 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)
     runstate.LAST_COMMIT.clear()
     cfg = setup_cfg(args)
+    if args.imports or os.environ.get("EMOLAB_IMPORT"):  # the torch-free checks were skipped: run them now
+        from configs import cli
+
+        cli.check_paths(cfg)
+        for w in cli.check_device(cfg, bool(cfg.TRAIN.REQUIRE_GPU)):
+            print(f"warning: {w}", file=sys.stderr)
+        cli.check_loggers(cfg)
     if cfg.TRAIN.REQUIRE_GPU:
         import torch
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime
+import functools
 import hashlib
 import os
 import re
@@ -243,7 +244,8 @@ def _static_module(modname: str, memo: Dict[str, Dict[str, Any]]) -> Dict[str, A
     return namespace
 
 
-def static_config_extensions() -> List[Tuple[str, Callable]]:
+@functools.lru_cache(maxsize=None)
+def static_config_extensions() -> Tuple[Tuple[str, Callable], ...]:
     """The project's ``@register_config`` functions, read from their source files without running
     the modules (see :func:`_static_module`)."""
     memo: Dict[str, Dict[str, Any]] = {}
@@ -262,7 +264,7 @@ def static_config_extensions() -> List[Tuple[str, Callable]]:
                 if name not in namespace:
                     raise ConfigError(f"cannot read the config extension {name} in {path} without importing it")
                 out.append((name, namespace[name]))
-    return out
+    return tuple(out)
 
 
 def light_cfg():
@@ -462,9 +464,13 @@ def check_device(cfg, require_gpu: bool) -> List[str]:
         if str(cfg.DATALOADER.DECODED_CACHE).lower() == "gpu":
             raise ConfigError("DATALOADER.DECODED_CACHE gpu needs a CUDA device and this run has none: use memory, "
                               "disk or auto")
-        if str(cfg.TRAIN.PRECISION).lower() in ("fp16", "amp"):
-            warnings.append(f"TRAIN.PRECISION {cfg.TRAIN.PRECISION} has no effect without a GPU: this run computes "
-                            "in fp32 on the CPU")
+        from .config import flatten
+
+        defaults = dict(flatten(light_cfg()))
+        for key, value in flatten(cfg):  # TRAIN.PRECISION and the CoOp family's TRAINER.<NAME>.PREC, as set
+            if (key == "TRAIN.PRECISION" or (key.endswith(".PREC") and value != defaults.get(key))) \
+                    and str(value).lower() in ("fp16", "amp"):
+                warnings.append(f"{key} {value} has no effect without a GPU: this run computes in fp32 on the CPU")
     return warnings
 
 
