@@ -254,7 +254,7 @@ def test_training_curves_show_the_final_test_units_chance_one_x_axis_no_empty_pa
     assert "final test 47.50 (epoch 3 model)" in legend
     chance = [line for line in acc.get_lines() if list(line.get_ydata()) == [12.5, 12.5]]
     assert len(chance) == 1
-    assert "epoch mean" in shown[0].get_ylabel() and shown[1].get_ylabel() == "learning rate"
+    assert shown[0].get_ylabel() == "loss, epoch mean" and shown[1].get_ylabel() == "learning rate"
 
 
 def test_zero_shot_confusion_matrix_title_and_diagonal_zero(tmp_path, monkeypatch):

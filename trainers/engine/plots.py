@@ -153,7 +153,7 @@ def plot_training_curves(trainer: Any) -> Optional[str]:
         ys = [train[e]["metrics"].get(k, float("nan")) for e in epochs]
         ax.plot(epochs, ys, marker="o", ms=3, label=k, lw=2 if k == "loss" else 1)
     ax.set_title("training loss (mean over the epoch)")
-    ax.set_ylabel("loss, epoch mean (the log's value in brackets)", fontsize=7)
+    ax.set_ylabel("loss, epoch mean")  # the log line's value in brackets; before them: the last batch's
     ax.set_xlabel("epoch")
     if len(loss_keys) > 1:
         ax.legend(fontsize=7)
@@ -171,7 +171,7 @@ def plot_training_curves(trainer: Any) -> Optional[str]:
             xs += [e - 0.5, e + 0.5]
             lrs += [train[e]["lr"], train[e]["lr"]]
     ax.plot(xs, lrs, color="tab:green")
-    ax.set_title("learning rate used by each step")
+    ax.set_title("learning rate used by each step", pad=14)  # room for the axis' x1e-3 multiplier
     ax.set_ylabel("learning rate")
     ax.set_xlabel("epoch")
     positive = [v for v in lrs if v > 0]
