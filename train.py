@@ -130,8 +130,8 @@ def preflight(args: argparse.Namespace) -> None:
     if args.eval_only and (args.model_dir or not args.output_dir):
         cli.check_model_dir(args.run_dir, args.load_epoch)
     cli.check_paths(cfg)
-    for w in cli.check_device(cfg, bool(cfg.TRAIN.REQUIRE_GPU)):
-        print(f"warning: {w}", file=sys.stderr)
+    # warnings go to the log once it is set up (before anything is built); stderr keeps one line for errors
+    args.preflight_warnings = cli.check_device(cfg, bool(cfg.TRAIN.REQUIRE_GPU))
     cli.check_loggers(cfg)
 
 
@@ -228,8 +228,7 @@ def run(args: argparse.Namespace) -> int:
         from configs import cli
 
         cli.check_paths(cfg)
-        for w in cli.check_device(cfg, bool(cfg.TRAIN.REQUIRE_GPU)):
-            print(f"warning: {w}", file=sys.stderr)
+        args.preflight_warnings = cli.check_device(cfg, bool(cfg.TRAIN.REQUIRE_GPU))
         cli.check_loggers(cfg)
     if cfg.TRAIN.REQUIRE_GPU:
         import torch
@@ -264,6 +263,8 @@ def run(args: argparse.Namespace) -> int:
             if what != "resume" or not os.path.exists(os.path.join(out, name)):
                 save_cfg(cfg, os.path.join(out, name))  # a resumed run keeps the config.yaml that describes it
         log_environment(cfg)
+        for w in getattr(args, "preflight_warnings", None) or []:
+            logger.warning(w)
         argv = getattr(args, "argv", None)
         logger.info(f"command: {' '.join(sys.argv) if argv is None else 'train.py ' + ' '.join(argv)}")
         if cfg.VERBOSE:

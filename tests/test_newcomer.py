@@ -22,8 +22,7 @@ ZS_CFG = os.path.join(ROOT, "configs/trainers/ZeroshotCLIP/tiny_synthetic.yaml")
 
 def coop_args(data_root, out, *opts, flags=()):
     return ["--root", data_root, "--seed", "1", "--output-dir", str(out), "--config-file", COOP_CFG,
-            "--dataset-config-file", SYN_CFG, *flags, *SMALL_DATA, "OPTIM.MAX_EPOCH", "2", "TRAIN.PRINT_FREQ", "1",
-            "TRAIN.PROGRESS_BAR", "False", *opts]
+            "--dataset-config-file", SYN_CFG, *flags, *SMALL_DATA, "OPTIM.MAX_EPOCH", "2", "TRAIN.PRINT_FREQ", "1", *opts]
 
 
 @pytest.fixture(scope="module")
@@ -118,15 +117,20 @@ def test_table_has_at_least_20_torch_free_mistakes():
 
 
 def test_gpu_only_precision_on_a_cpu_warns_before_building(capsys, monkeypatch):
+    """Found before anything is built; logged (log.txt and the console) once logging is set up."""
     import train
     from configs import cli
 
     monkeypatch.setattr(cli, "cuda_usable", lambda: False)
-    args = train.build_parser().parse_args(["--print-config", "TRAIN.PRECISION", "fp16"])
-    args.print_config = False
+    args = train.build_parser().parse_args(["TRAIN.PRECISION", "fp16", "TRAINER.COOP.PREC", "amp"])
     train.preflight(args)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["warning: TRAIN.PRECISION fp16 has no effect without a GPU: this run computes in fp32 on the CPU"]
+    assert args.preflight_warnings == [
+        "TRAIN.PRECISION fp16 has no effect without a GPU: this run computes in fp32 on the CPU",
+        "TRAINER.COOP.PREC amp has no effect without a GPU: this run computes in fp32 on the CPU"]
+    assert capsys.readouterr().err == ""
+    args = train.build_parser().parse_args([])
+    train.preflight(args)
+    assert args.preflight_warnings == []  # defaults (VEGA's PREC amp included) never warn
 
 
 def test_require_gpu_with_a_broken_cuda_stops_before_building(tmp_path, data_root, monkeypatch, capsys):

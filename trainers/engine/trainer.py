@@ -316,9 +316,11 @@ class TrainerBase(RunStateMixin, EvaluationMixin):
             self.epoch = self.start_epoch - 1
             if self.start_epoch >= self.max_epoch:
                 logger.info("the run had already finished all epochs")
+        if self.is_main:
+            plots.plot_training_curves(self)  # drawn now (a kill after the final commit keeps it) ...
         results = self.final_test()
         if self.is_main:
-            plots.plot_training_curves(self)  # after the final test, which the figure shows
+            plots.plot_training_curves(self)  # ... and again with the final test, which the figure shows
         return results
 
     def final_test(self) -> Dict[str, float]:
