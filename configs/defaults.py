@@ -110,6 +110,8 @@ def get_cfg_default() -> CN:
     _C.TRAIN.EVAL_FREQ = 1  # evaluate on val every N epochs (0 = never)
     _C.TRAIN.PROGRESS_BAR = True  # tqdm progress bar on a terminal
     _C.TRAIN.DIST_TIMEOUT = 600.0  # seconds a process waits for the others in a collective before it stops
+    _C.TRAIN.REQUIRE_GPU = False  # True: stop at start-up unless a CUDA GPU is usable (also --require-gpu)
+    _C.TRAIN.LOGGERS = ("tensorboard",)  # experiment trackers: tensorboard | wandb (offline) | mlflow (local files)
 
     _C.TEST = CN()
     _C.TEST.EVALUATOR = "Classification"  # Classification | MultiLabel (auto for multi-label data)

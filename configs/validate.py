@@ -90,6 +90,8 @@ def check_config(cfg) -> None:
     _at_least(cfg, "TRAIN.EVAL_FREQ", 0, " (0 = never)")
     _at_least(cfg, "TRAIN.PRINT_FREQ", 1)
     _positive(cfg, "TRAIN.DIST_TIMEOUT", " (seconds)")
+    for name in _get(cfg, "TRAIN.LOGGERS") or ():
+        check_choice("TRAIN.LOGGERS", name, ("tensorboard", "wandb", "mlflow"))
     steps = _get(cfg, "OPTIM.STEPSIZE")
     if steps is not None and not all(isinstance(x, int) and not isinstance(x, bool) for x in steps):
         raise ConfigError(f"OPTIM.STEPSIZE must hold whole epochs, got {tuple(steps)}")

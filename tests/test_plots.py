@@ -175,7 +175,8 @@ def test_plot_results_and_pivot(tmp_path, capsys):
     assert (tmp_path / "fig" / "fewshot.png").is_file() and (tmp_path / "fig" / "base_to_new.png").is_file()
     assert parse_results.main([str(tmp_path), "--pivot"]) == 0
     out = capsys.readouterr().out
-    assert "| CoOp (tiny, default) | 41.50 ± 0.71 (n=2) | 51.50 ± 0.71 (n=2) |" in out
+    assert "| CoOp (tiny, default) | - | 41.50 ± 0.71 (n=2) | 51.50 ± 0.71 (n=2) |" in out
+    assert "| ZeroshotCLIP | 30.00 ± 0.00 (n=2) | - | - | - |" in out  # under "0 shots", not "all shots"
 
 
 def test_progress_lines_when_not_a_terminal(monkeypatch, caplog):

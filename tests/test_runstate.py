@@ -126,11 +126,12 @@ def test_eval_only_evaluates_what_the_final_test_used_and_keeps_the_run_results(
     metrics_before = (out / "metrics.jsonl").read_bytes()
     assert run_cli(_args(data_root, out, "OPTIM.LR", "0.2", flags=["--eval-only", "--model-dir", str(out)])) == 0
     assert (out / "metrics.jsonl").read_bytes() == metrics_before
-    with open(out / "eval.jsonl") as f:
+    (ev_dir,) = (out / "eval").iterdir()  # an evaluation writes into RUN/eval/<time>, never over the run's files
+    with open(ev_dir / "eval.jsonl") as f:
         ev = [json.loads(line) for line in f]
     assert ev[-1]["metrics"] == final["metrics"] and ev[-1]["checkpoint"]["epoch"] == 3
     assert find_runs([str(out)], "test")[0].metrics == reported
-    assert "evaluating " in (out / "log.txt").read_text() and "model.pth.tar-3 (epoch 3)" in (out / "log.txt").read_text()
+    assert "evaluating " in (ev_dir / "log.txt").read_text() and "model.pth.tar-3 (epoch 3)" in (ev_dir / "log.txt").read_text()
 
 
 def test_emocoop_authors_commands_reproduce_the_training_test(tmp_path):

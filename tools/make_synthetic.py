@@ -11,7 +11,7 @@ should stay clearly below 100%.
 ``--format`` emotion6 | folders | sentiment_folders | class_folders | ldl | ldl_images | emoset |
 emotion_csv writes the same kind of images in a public dataset's own layout into
 ``<root>/<dir>`` (default dir: Emotion6, FI, Flickr, UBE, FlickrLDL, TwitterLDL, EmoSet-118K,
-Dongba), ready for the matching config in configs/datasets/ (see README.md, "Datasets"). The
+Dongba), ready for the matching config in configs/datasets/ (see docs/DATASETS.md). The
 per-class counts are those of --n-train / --n-val / --n-test (summed for unsplit formats).
 """
 from __future__ import annotations

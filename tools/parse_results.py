@@ -224,8 +224,20 @@ def group_runs(runs: Sequence[RunResult], pool: Sequence[str] = ()) -> Dict[str,
 SHOTS_DIR = re.compile(r"^(?P<config>.+)_(?P<shots>all|\d+)shots$")
 
 
+#: methods that train on nothing: their shots column is 0, never "all"
+ZERO_SHOT_METHODS = ("ZeroshotCLIP",)
+
+
 def describe(setting: str, sample_run: str = "") -> Dict[str, str]:
-    """``{"dataset", "method", "config", "shots", "tag"}`` of a setting folder (see the module docstring)."""
+    """``{"dataset", "method", "config", "shots", "tag"}`` of a setting folder (see the module docstring);
+    a zero-shot method's shots are ``0``."""
+    info = _describe(setting, sample_run)
+    if info.get("method") in ZERO_SHOT_METHODS:
+        info["shots"] = "0"
+    return info
+
+
+def _describe(setting: str, sample_run: str = "") -> Dict[str, str]:
     parts = [p for p in os.path.normpath(setting).split(os.sep) if p]
     if len(parts) >= 3:
         m = SHOTS_DIR.match(parts[-2])

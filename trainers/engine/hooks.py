@@ -102,7 +102,7 @@ class LRSchedulerHook(HookBase):
 
 
 class ProgressHook(HookBase):
-    """Logs ``epoch [e/E] batch [i/N] loss ... lr ... eta`` every ``period`` iterations.
+    """Logs ``epoch [e/E] batch [i/N] loss LAST (EPOCH MEAN) lr ... eta`` every ``period`` iterations.
 
     The learning rate reported is the one the step used (``trainer.step_lr``, read before the
     schedulers step). TensorBoard gets the LR of every step and the loss every ``period`` steps
@@ -138,8 +138,10 @@ class ProgressHook(HookBase):
         eta = elapsed / self.done * remaining
         from .utils import format_eta
 
-        latest = t.meters.latest()
-        vals = " ".join(f"{k} {v:.4f}" for k, v in latest.items())
+        latest, means = t.meters.latest(), t.meters.averages()
+        # Dassl's form: the last batch's value, then (in brackets) the mean over the epoch so far, which
+        # is what metrics.jsonl and the training-curves figure hold for the whole epoch
+        vals = " ".join(f"{k} {v:.4f} ({means.get(k, v):.4f})" for k, v in latest.items())
         t.writer.scalars("train_iter", latest, gstep)
         logger.info(
             f"epoch [{t.epoch + 1}/{t.max_epoch}] batch [{i}/{n}] {vals} lr {lr:.4e} eta {format_eta(eta)}"

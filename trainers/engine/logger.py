@@ -120,8 +120,10 @@ def now() -> str:
 class MetricsWriter:
     """Appends one JSON object per line to ``metrics.jsonl`` and mirrors scalars to TensorBoard."""
 
-    def __init__(self, output_dir: str, enabled: bool, tensorboard: bool = True) -> None:
+    def __init__(self, output_dir: str, enabled: bool, tensorboard: bool = True, trackers: Any = ()) -> None:
         self.enabled = enabled
+        #: W&B / MLflow (trainers/engine/trackers.py): each gets what TensorBoard gets
+        self.trackers = list(trackers) if enabled else []
         self.path = os.path.join(output_dir, "metrics.jsonl")
         self._tb: Optional[Any] = None
         if enabled and tensorboard:
@@ -175,20 +177,29 @@ class MetricsWriter:
         if self._tb is not None:
             for k, v in values.items():
                 self._tb.add_scalar(f"{tag}/{k}", v, step)
+        for t in self.trackers:
+            t.scalars(tag, values, step)
 
     def figure(self, tag: str, fig: Any, step: int = 0) -> None:
-        """A matplotlib figure to TensorBoard (not closed here)."""
+        """A matplotlib figure to TensorBoard and the trackers (not closed here)."""
         if self._tb is not None:
             self._tb.add_figure(tag, fig, step, close=False)
+        for t in self.trackers:
+            t.figure(tag, fig, step)
 
     def hparams(self, hparams: Dict[str, Any], metrics: Dict[str, float]) -> None:
         """The run's hyper-parameters with its final metrics (TensorBoard's HPARAMS tab)."""
+        for t in self.trackers:
+            t.hparams(hparams, metrics)
         if self._tb is None:
             return
         clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
         self._tb.add_hparams(clean, {f"hparam/{k}": float(v) for k, v in metrics.items()}, run_name=".")
 
     def close(self) -> None:
+        trackers, self.trackers = self.trackers, []
+        for t in trackers:
+            t.close()
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()

@@ -105,12 +105,14 @@ class FigureContext:
     writer: Any = None  # TensorBoard-style writer (``figure(tag, fig, step)``) or None
 
 
-def run_title(trainer: str, dataset: str, shots: int, subsample: str = "all", seed: int = -1) -> str:
+def run_title(trainer: str, dataset: str, shots: int, subsample: str = "all", seed: int = -1,
+              zero_shot: bool = False) -> str:
     """``CoOp on SyntheticEmotion, 4 shots, seed 1``."""
-    parts = [f"{trainer} on {dataset}", f"{shots} shots" if shots > 0 else "all shots"]
+    parts = [f"{trainer} on {dataset}",
+             "zero-shot (no training images)" if zero_shot else f"{shots} shots" if shots > 0 else "all shots"]
     if subsample != "all":
         parts.append(f"{subsample} classes")
-    if seed >= 0:
+    if seed >= 0 and not zero_shot:  # nothing random in a zero-shot evaluation
         parts.append(f"seed {seed}")
     return ", ".join(parts)
 
@@ -124,10 +126,23 @@ def hparams_from_cfg(cfg: Any) -> Dict[str, Any]:
     }
 
 
+def learns_nothing(trainer_name: str) -> bool:
+    """True for a trainer that trains nothing and draws nothing at random (zero-shot CLIP): it declares
+    ``SEED_INDEPENDENT = True``; its figures say zero-shot instead of a number of shots and a seed."""
+    from trainers.registry import TRAINER_REGISTRY
+
+    return trainer_name in TRAINER_REGISTRY and bool(getattr(TRAINER_REGISTRY.get(trainer_name), "SEED_INDEPENDENT", False))
+
+
 def figure_settings_from_cfg(cfg: Any) -> FigureSettings:
     hp = hparams_from_cfg(cfg)
-    title = run_title(hp["trainer"], hp["dataset"], hp["shots"], hp["classes"], hp["seed"])
+    title = run_title(hp["trainer"], hp["dataset"], hp["shots"], hp["classes"], hp["seed"],
+                      zero_shot=learns_nothing(hp["trainer"]))
     return FigureSettings(title=title, final_model=str(cfg.TEST.FINAL_MODEL), hparams=hp)
+
+
+#: metrics reported in percent (0-100); chance level = 100 / classes for the first two
+PERCENT_CHANCE = ("accuracy", "balanced_accuracy")
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -151,10 +166,12 @@ def plot_training_curves(trainer: Any) -> Optional[str]:
     """``plots/training_curves.png`` of a trainer's run (its output folder, evaluator's main metric, config)."""
     settings = figure_settings_from_cfg(trainer.cfg)
     main = getattr(getattr(trainer, "evaluator", None), "main_metric", "")
-    return draw_training_curves(trainer.output_dir, main, settings, getattr(trainer, "writer", None))
+    n_classes = len(getattr(trainer, "classnames", []) or [])
+    return draw_training_curves(trainer.output_dir, main, settings, getattr(trainer, "writer", None), n_classes)
 
 
-def draw_training_curves(output_dir: str, main: str, settings: FigureSettings, writer: Any = None) -> Optional[str]:
+def draw_training_curves(output_dir: str, main: str, settings: FigureSettings, writer: Any = None,
+                         n_classes: int = 0) -> Optional[str]:
     """``plots/training_curves.png`` from ``output_dir/metrics.jsonl`` (see the module docstring); ``main`` is
     the main validation metric (its best epoch is marked). None when no epoch was trained."""
     records = read_records(output_dir)
@@ -174,9 +191,13 @@ def draw_training_curves(output_dir: str, main: str, settings: FigureSettings, w
     for r in train.values():
         loss_keys += [k for k in r["metrics"] if k not in loss_keys]
 
+    final = next((r for r in reversed(records) if r.get("final") and isinstance(r.get("metrics"), dict)), None)
+    if 2 + len(val_keys) == 5:
+        val_keys = val_keys[:2]  # five panels would leave one of six cells empty: keep the main metric first
+    percent = _percent_keys(val_keys, val)
     plt = _plt()
     n_panels = 2 + len(val_keys)
-    cols = min(3, n_panels)
+    cols = min(3, n_panels) if n_panels != 4 else 2
     rows = math.ceil(n_panels / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     axes = axes.ravel()
@@ -186,6 +207,7 @@ def draw_training_curves(output_dir: str, main: str, settings: FigureSettings, w
         ys = [train[e]["metrics"].get(k, float("nan")) for e in epochs]
         ax.plot(epochs, ys, marker="o", ms=3, label=k, lw=2 if k == "loss" else 1)
     ax.set_title("training loss (mean over the epoch)")
+    ax.set_ylabel("loss, epoch mean")  # the log line's value in brackets; before them: the last batch's
     ax.set_xlabel("epoch")
     if len(loss_keys) > 1:
         ax.legend(fontsize=7)
@@ -203,7 +225,8 @@ def draw_training_curves(output_dir: str, main: str, settings: FigureSettings, w
             xs += [e - 0.5, e + 0.5]
             lrs += [train[e]["lr"], train[e]["lr"]]
     ax.plot(xs, lrs, color="tab:green")
-    ax.set_title("learning rate used by each step")
+    ax.set_title("learning rate used by each step", pad=14)  # room for the axis' x1e-3 multiplier
+    ax.set_ylabel("learning rate")
     ax.set_xlabel("epoch")
     positive = [v for v in lrs if v > 0]
     if positive and max(positive) / min(positive) > 50:
@@ -224,14 +247,39 @@ def draw_training_curves(output_dir: str, main: str, settings: FigureSettings, w
             ax.plot([ve[b]], [ys[b]], marker="*", ms=12, color="tab:red",
                     label=f"best {ys[b]:.2f} (epoch {ve[b]})\nfinal test used the {tested}")
             ax.legend(fontsize=7, loc="best")
+        if final is not None and isinstance(final["metrics"].get(k), (int, float)):
+            ck = final.get("checkpoint") or {}
+            at = ck.get("epoch") if isinstance(ck.get("epoch"), int) else (max(ve) if ve else final.get("epoch"))
+            ax.plot([at], [final["metrics"][k]], marker="s", ms=8, ls="none", color="tab:green",
+                    label=f"final test {final['metrics'][k]:.2f} (epoch {at} model)")
+            ax.legend(fontsize=7, loc="best")
+        if k in PERCENT_CHANCE and k in percent and n_classes > 1:
+            ax.axhline(100.0 / n_classes, color="grey", ls="--", lw=1)
+            ax.annotate(f"chance {100.0 / n_classes:.1f}%", (0.01, 100.0 / n_classes), xycoords=("axes fraction", "data"),
+                        fontsize=7, color="grey", va="bottom")
         ax.set_title(f"validation {k}" + (" (main)" if k == main else ""))
+        ax.set_ylabel(f"{k} (%)" if k in percent else k)
         ax.set_xlabel("epoch")
         _integer_epochs(ax)
+    lo, hi = min(epochs) - 0.5, max(epochs) + 0.5
+    for ax in axes[:n_panels]:
+        ax.set_xlim(lo, hi)  # one x-axis for every panel: epoch e spans [e - 0.5, e + 0.5]
     for ax in axes[n_panels:]:
         ax.axis("off")
     fig.suptitle(settings.title, fontsize=10)
     fig.tight_layout()
     return _save(fig, os.path.join(plot_dir(output_dir), "training_curves.png"), writer, "plots/training_curves")
+
+
+def _percent_keys(keys: List[str], val: Dict[int, Dict[str, Any]]) -> List[str]:
+    """The metrics among ``keys`` on a 0-100 scale (a value above 1 was seen; losses and
+    correlations never are)."""
+    out = []
+    for k in keys:
+        ys = [r["metrics"][k] for r in val.values() if isinstance(r["metrics"].get(k), (int, float))]
+        if ys and max(ys) > 1.0 and "loss" not in k and not k.endswith(("mse", "mae", "rmse")):
+            out.append(k)
+    return out
 
 
 # ---------------------------------------------------------------------------------------- evaluation
@@ -299,9 +347,10 @@ def plot_confusion(pred: torch.Tensor, true: torch.Tensor, names: List[str], d: 
     if n <= 30:
         for i in range(n):
             for j in range(n):
-                if cm[i, j]:
+                if cm[i, j] or i == j:  # a zero on the diagonal (a class never right) is shown, in red
                     ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if share[i, j] > 0.6 else "black")
+                            fontweight="bold" if i == j else "normal",
+                            color="tab:red" if i == j and not cm[i, j] else "white" if share[i, j] > 0.6 else "black")
         ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(n), names, fontsize=8)
     ax.set_xlabel("predicted class")

@@ -37,6 +37,7 @@ from . import runstate
 from .checkpoint import BEST, ckpt_name
 from .hooks import CheckpointHook, EvalHook, HookBase, LRSchedulerHook, ProgressHook, insert_by_priority
 from .logger import MetricsWriter
+from .trackers import trackers_from_cfg
 from utils.progress import progress, set_progress_enabled
 from .optim import build_lr_scheduler, build_optimizer
 from .utils import MeterDict, autocast, resolve_precision, set_seed, to_device
@@ -135,7 +136,8 @@ class TrainerBase(DataAccess, PersistenceMixin, EvaluationMixin):
         self.evaluating_only = mode == "eval"
         #: the last commit of this trainer's run: {"dir", "epoch", "finished"} (for the Ctrl-C line)
         self.last_commit: Dict[str, Any] = {}
-        self.writer = MetricsWriter(self.output_dir, enabled=self.is_main, tensorboard=not self.evaluating_only)
+        tensorboard, trackers = (False, []) if self.evaluating_only or not self.is_main else trackers_from_cfg(cfg)
+        self.writer = MetricsWriter(self.output_dir, enabled=self.is_main, tensorboard=tensorboard, trackers=trackers)
         if self.evaluating_only and runstate.holds_run(self.output_dir):
             self.writer.path = os.path.join(self.output_dir, runstate.EVAL_RECORDS)  # never the run's metrics
         elif not self.evaluating_only:
@@ -369,13 +371,16 @@ class TrainerBase(DataAccess, PersistenceMixin, EvaluationMixin):
         self._call("after_train")
         logger.info("Finish training", extra={"bare": True})  # Dassl's line, exactly: CoOp's parse_test_res.py reads results after it
         logger.info(f"training time: {time.time() - t0:.1f}s")
-        if self.is_main:
-            plots.plot_training_curves(self)
         if not len(epochs) and self.start_epoch > 0:
             self.epoch = self.start_epoch - 1
             if self.start_epoch >= self.max_epoch:
                 logger.info("the run had already finished all epochs")
-        return self.final_test()
+        if self.is_main:
+            plots.plot_training_curves(self)  # drawn now (a kill after the final commit keeps it) ...
+        results = self.final_test()
+        if self.is_main:
+            plots.plot_training_curves(self)  # ... and again with the final test, which the figure shows
+        return results
 
     def final_test(self) -> Dict[str, float]:
         """Test the model TEST.FINAL_MODEL names, then commit the run as finished (records which
