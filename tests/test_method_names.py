@@ -14,7 +14,7 @@ import yaml
 from conftest import ROOT
 from trainers import TRAINER_REGISTRY, get_cfg
 
-SECTION = "### One method, its names"
+SECTION = "## One method, its names"
 #: released files kept at their released path, configuring another trainer's node (named in the table)
 KEPT_ELSEWHERE = {"configs/trainers/CoCoOp/vit_emotion.yaml": "EMOCOOP"}
 
