@@ -63,18 +63,22 @@ def view_seed(seed: int, epoch: int, idx: int) -> int:
 
 def apply_transform(transform: Optional[Callable], img: Any, seed: Optional[int] = None) -> torch.Tensor:
     """``transform(img)`` for a PIL image or a uint8 tensor [3, H, W] (any device); with ``seed``,
-    its random draws come from ``torch.manual_seed(seed)`` (the global CPU RNG is restored
-    afterwards), so an augmented view is reproducible and the same for both inputs."""
+    its random draws come from the CPU generator seeded with ``seed`` (the same draws as after
+    ``torch.manual_seed(seed)``; the generator's state is restored afterwards), so an augmented view is reproducible and the same for both inputs."""
     if transform is None:
         if isinstance(img, torch.Tensor):
             return img.float() / 255.0
         return torch.from_numpy(np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0)
     if seed is None:
         out = transform(img)
-    else:
-        with torch.random.fork_rng(devices=[]):  # transforms draw their parameters on the CPU generator
-            torch.manual_seed(seed)
+    else:  # the ops draw their parameters on the CPU generator only: seeding it alone gives the same
+        gen = torch.default_generator  # draws as torch.manual_seed, without its (lazy) CUDA seeding
+        state = gen.get_state()
+        gen.manual_seed(seed)
+        try:
             out = transform(img)
+        finally:
+            gen.set_state(state)
     return out.as_subclass(torch.Tensor) if isinstance(out, torch.Tensor) else out
 
 

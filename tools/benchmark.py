@@ -184,6 +184,52 @@ def measure(args, extra_opts: List[str], label: str) -> List[Dict[str, Any]]:
     return rows
 
 
+def cache_views_sweep(args, extra_opts: List[str]) -> List[Dict[str, Any]]:
+    """Full ``train.py`` runs (train + final test) of ``args.config_file`` per seed: with the
+    default cache semantics (``CACHE.FEATURES auto``: training on images unless the cache is exact)
+    and with ``CACHE.FEATURES on`` at each K of ``args.cache_views``. Test accuracy and wall time
+    per run; every run builds its own cache in a fresh folder (the time includes encoding)."""
+    import contextlib
+    import io
+
+    import train
+    from tools.parse_results import read_metrics_jsonl
+
+    rows = []
+    variants = [("default (CACHE.FEATURES auto)", ["CACHE.FEATURES", "auto"])]
+    variants += [(f"CACHE.FEATURES on, VIEWS {k}", ["CACHE.FEATURES", "on", "CACHE.VIEWS", str(k)]) for k in args.cache_views]
+    for seed in args.seeds:
+        for label, opts in variants:  # interleaved: load changes hit every variant alike
+            out = tempfile.mkdtemp(prefix="emolab_views_")
+            argv = ["--trainer", args.trainer, "--config-file", args.config_file, "--dataset-config-file",
+                    args.dataset_config_file, "--root", args.root, "--output-dir", out, "--seed", str(seed),
+                    *extra_opts, *opts, "CACHE.DIR", os.path.join(out, "cache")]
+            t0 = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                code = train.main(argv)
+            wall = time.perf_counter() - t0
+            if code != 0:
+                raise EmoLabError(f"run {label}, seed {seed} exited with {code} (log: {out}/log.txt)")
+            res = read_metrics_jsonl(os.path.join(out, "metrics.jsonl"), "test") or {}
+            rows.append({"what": label, "seed": seed, "accuracy": res.get("accuracy", float("nan")), "seconds": wall})
+            print(f"{label} seed {seed}: accuracy {rows[-1]['accuracy']:.2f}, {wall:.1f} s", flush=True)
+    return rows
+
+
+def print_sweep(rows: List[Dict[str, Any]]) -> None:
+    import statistics
+
+    print("\n| variant | test accuracy (mean ± std over seeds) | seconds per run (mean) | time vs default |")
+    print("|---|--:|--:|--:|")
+    labels = list(dict.fromkeys(r["what"] for r in rows))
+    base = statistics.mean(r["seconds"] for r in rows if r["what"] == labels[0])
+    for label in labels:
+        acc = [r["accuracy"] for r in rows if r["what"] == label]
+        sec = [r["seconds"] for r in rows if r["what"] == label]
+        sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        print(f"| {label} | {statistics.mean(acc):.1f} ± {sd:.1f} | {statistics.mean(sec):.1f} | {statistics.mean(sec) / base:.2f}x |")
+
+
 def environment(device: torch.device) -> Dict[str, str]:
     import open_clip
     import torchvision
@@ -210,12 +256,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--reference", nargs="*", default=[], choices=["cocoop-loop", "coop-77"])
     p.add_argument("--compare-cache", action="store_true", help="time with CACHE.FEATURES off and on")
     p.add_argument("--data-path", action="store_true", help="also time the training loader alone")
+    p.add_argument("--cache-views", type=int, nargs="*", default=None, metavar="K",
+                   help="full runs per seed: default cache semantics, then CACHE.FEATURES on with each K views")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds of --cache-views")
     p.add_argument("--json", default="", help="write the results here")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args(argv)
     opts = [o for o in args.opts if o != "--"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         rows: List[Dict[str, Any]] = []
+        if args.cache_views is not None:
+            rows = cache_views_sweep(args, opts)
+            print_sweep(rows)
+            write_json(args, device, rows)
+            return 0
         if args.compare_cache:
             rows += measure(args, opts + ["CACHE.FEATURES", "off"], "uncached")
             args.reference = []
@@ -225,7 +280,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except EmoLabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base = rows[0]["images_per_s"]
     print(f"\n{args.trainer} | {args.config_file} | batch {args.batch_size} | " + ", ".join(f"{k} {v}" for k, v in environment(device).items()))
     print("\n| what | images/s | ms/step | data wait | peak memory (MB) | host syncs/step | speed vs first row |")
@@ -234,11 +288,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         syncs = "n/a (CPU)" if r["syncs_per_step"] < 0 else str(r["syncs_per_step"])
         print(f"| {r['what']} | {r['images_per_s']:.1f} | {r['ms_per_step']:.2f} | {100 * r['data_wait_share']:.0f}% "
               f"| {r['peak_mem_mb']:.0f} | {syncs} | {r['images_per_s'] / base:.2f}x |")
+    write_json(args, device, rows)
+    return 0
+
+
+def write_json(args, device: torch.device, rows: List[Dict[str, Any]]) -> None:
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"args": vars(args), "environment": environment(device), "results": rows}, f, indent=1)
-    return 0
+            json.dump({"args": vars(args), "environment": environment(device), "load": os.getloadavg(),
+                       "results": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ Calling contract (every registered generator): constructed with keyword argument
 generator-specific ones) and called as ``gen(img_feat)`` with ``img_feat``: Tensor[B, vis_dim]
 (L2-normalised image features; generators that ignore the image accept None). It returns the
 context vectors Tensor[B', C', n_ctx, ctx_dim] with B' in {1, B} and C' in {1, n_cls}; the
-prompt learner broadcasts them over images and classes.
+prompt learner broadcasts them over images and classes. A generator whose output never depends on
+``img_feat`` sets the class attribute ``image_independent = True``: evaluation then encodes the class
+prompts once instead of once per batch (a generator without the attribute is treated as image-dependent).
 """
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ def _init_ctx(n_rows: int, n_ctx: int, ctx_dim: int, init: Optional[torch.Tensor
 class StaticContext(nn.Module):
     """CoOp: learnable context shared by all classes, or class-specific (``csc``)."""
 
+    #: the context ignores the image: class text features can be computed once per evaluation
+    image_independent = True
+
     def __init__(
         self, n_ctx: int, ctx_dim: int, n_cls: int, init: Optional[torch.Tensor] = None,
         csc: bool = False, init_std: float = 0.02, **_: object,
@@ -48,6 +53,8 @@ class ConditionalContext(nn.Module):
     ``meta_net = Linear(vis_dim, vis_dim // hidden_ratio) -> ReLU [-> Dropout] -> Linear(.., ctx_dim)``;
     ``ctx_i = ctx + meta_net(img_feat_i)`` for every context token.
     """
+
+    image_independent = False
 
     def __init__(
         self, n_ctx: int, ctx_dim: int, vis_dim: int, init: Optional[torch.Tensor] = None,
