@@ -1,0 +1,126 @@
+"""Fast paths that must not change results: class text features encoded once per evaluation,
+per-sample seeding on the CPU generator only, JPEG decoding by torchvision, screening memo."""
+from __future__ import annotations
+
+import glob
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from datasets.loader import apply_transform
+from datasets.transforms import TRANSFORM_NAMES, TransformSettings, compose
+from trainers.components.context import CONTEXT_GENERATORS
+from trainers.components.prompt_learner import PromptedCLIP, PromptLearner, context_from_words
+
+CLASSES = ["amusement", "anger", "awe", "contentment", "disgust", "excitement", "fear", "sadness"]
+
+
+def _model(clip, gen="StaticContext"):
+    init, n = context_from_words(clip, "a photo of a")
+    g = CONTEXT_GENERATORS.get(gen)(n_ctx=n, ctx_dim=clip.text_width, vis_dim=clip.embed_dim,
+                                    n_cls=len(CLASSES), init=init, hidden_ratio=4)
+    return PromptedCLIP(clip, PromptLearner(clip, CLASSES, g, n))
+
+
+class _CountCalls:
+    def __init__(self, clip):
+        self.clip, self.calls = clip, 0
+        self.orig = clip.encode_text_embeddings
+
+    def __enter__(self):
+        def counted(*a, **k):
+            self.calls += 1
+            return self.orig(*a, **k)
+
+        self.clip.encode_text_embeddings = counted
+        return self
+
+    def __exit__(self, *exc):
+        del self.clip.encode_text_embeddings  # back to the class's method
+
+
+def test_coop_evaluation_encodes_class_prompts_once_with_identical_logits(tiny_clip):
+    torch.manual_seed(0)
+    model = _model(tiny_clip).eval()
+    batches = [torch.randn(4, 3, 32, 32) for _ in range(3)]
+    with torch.no_grad():
+        model.reuse_text_features = False  # today's behaviour: one text pass per batch
+        with _CountCalls(tiny_clip) as c:
+            per_batch = [model(x) for x in batches]
+        assert c.calls == 3
+        model.reuse_text_features = True
+        with _CountCalls(tiny_clip) as c:
+            once = [model(x) for x in batches]
+        assert c.calls == 1
+    for a, b in zip(per_batch, once):
+        assert torch.equal(a, b)
+
+
+def test_reused_text_features_follow_the_weights(tiny_clip):
+    """An optimizer step or a loaded state changes the logits at the next evaluation."""
+    torch.manual_seed(0)
+    model = _model(tiny_clip)
+    x = torch.randn(4, 3, 32, 32)
+    opt = torch.optim.SGD(model.prompt_learner.parameters(), lr=1.0)
+    with torch.no_grad():
+        before = model(x)
+    model.train()
+    model(x).logsumexp(1).sum().backward()  # gradients recorded: no reuse while training
+    opt.step()
+    with torch.no_grad():
+        after = model(x)
+        model.reuse_text_features = False
+        fresh = model(x)
+        model.reuse_text_features = True
+    assert not torch.equal(before, after)
+    assert torch.equal(after, fresh)
+    state = {k: v.clone() for k, v in model.prompt_learner.state_dict().items()}
+    with torch.no_grad():
+        model.prompt_learner.context.ctx.add_(0.5)
+        shifted = model(x)
+        model.prompt_learner.load_state_dict(state)
+        assert not torch.equal(shifted, after)
+        assert torch.equal(model(x), after)
+
+
+def test_image_conditioned_context_still_encodes_per_batch(tiny_clip):
+    torch.manual_seed(0)
+    model = _model(tiny_clip, gen="ConditionalContext").eval()
+    with torch.no_grad(), _CountCalls(tiny_clip) as c:
+        a, b = model(torch.randn(3, 3, 32, 32)), model(torch.randn(3, 3, 32, 32))
+    assert c.calls == 2 and not torch.equal(a[0], b[0])
+
+
+def _shipped_train_transforms():
+    lists = {tuple(TRANSFORM_NAMES)}
+    for path in glob.glob("configs/**/*.yaml", recursive=True):
+        with open(path, encoding="utf-8") as f:
+            names = ((yaml.safe_load(f) or {}).get("INPUT") or {}).get("TRANSFORMS")
+        if names:
+            lists.add(tuple(names))
+    return sorted(lists)
+
+
+def _view_as_before(transform, img, seed):
+    """The seeding of the base code: the global generators reseeded by torch.manual_seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = transform(img)
+    return out.as_subclass(torch.Tensor)
+
+
+@pytest.mark.parametrize("names", _shipped_train_transforms(), ids="+".join)
+def test_seeded_views_bit_identical_to_torch_manual_seed(names):
+    tfm = compose(names, TransformSettings(size=(24, 24), gb_k=5))
+    g = torch.Generator().manual_seed(1)
+    pil = Image.fromarray((torch.rand(40, 57, 3, generator=g) * 255).to(torch.uint8).numpy())
+    tensor = torch.from_numpy(np.array(pil)).permute(2, 0, 1).contiguous()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    for seed in (0, 1, 7, 10_000_019 * 3 + 5):
+        for img in (pil, tensor):
+            assert torch.equal(apply_transform(tfm, img, seed), _view_as_before(tfm, img, seed))
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's generator is left as it was
