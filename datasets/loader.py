@@ -20,6 +20,7 @@ from utils.errors import ConfigError, DatasetError
 from utils.registry import closest
 
 from .base import Datum
+from .decode import read_image_tensor, takes_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class DatasetWrapper(Dataset):
         self.num_classes = num_classes
         self.seed = seed
         self.keys = target_keys(self.data_source)
+        self.tensor_input = takes_tensors(transform)  # decode JPEGs to tensors (datasets/decode.py)
 
     def __len__(self) -> int:
         return len(self.data_source)
@@ -122,7 +124,7 @@ class DatasetWrapper(Dataset):
     def __getitem__(self, key: Any) -> Dict[str, Any]:
         idx, epoch = key if isinstance(key, tuple) else (key, None)
         d = self.data_source[idx]
-        img = read_image(d.impath)
+        img = read_image_tensor(d.impath) if self.tensor_input else read_image(d.impath)
         out: Dict[str, Any] = {
             "img": apply_transform(self.transform, img, None if epoch is None else view_seed(self.seed, epoch, idx)),
             "index": idx,

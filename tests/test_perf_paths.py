@@ -124,3 +124,74 @@ def test_seeded_views_bit_identical_to_torch_manual_seed(names):
         for img in (pil, tensor):
             assert torch.equal(apply_transform(tfm, img, seed), _view_as_before(tfm, img, seed))
     assert torch.equal(torch.get_rng_state(), state)  # the caller's generator is left as it was
+
+
+@pytest.fixture(scope="module")
+def jpegs(tmp_path_factory):
+    """JPEGs in the variants photos come in, plus a PNG; (path, PIL mode it was saved from)."""
+    root = tmp_path_factory.mktemp("jpegs")
+    y, x = np.mgrid[0:61, 0:83]
+    g = np.random.default_rng(0)
+    arr = np.stack([(x * 3) % 256, (y * 4) % 256, (x + y) % 256], -1) + g.integers(-30, 30, (61, 83, 3))
+    img = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
+    paths = []
+    for name, kw, mode in [("420.jpg", {"subsampling": 2}, "RGB"), ("422.jpg", {"subsampling": 1}, "RGB"),
+                           ("444.jpg", {"subsampling": 0, "quality": 95}, "RGB"),
+                           ("progressive.jpg", {"progressive": True}, "RGB"), ("grey.jpg", {}, "L"),
+                           ("cmyk.jpg", {}, "CMYK"), ("plain.png", {}, "RGB")]:
+        img.convert(mode).save(root / name, **kw)
+        paths.append(str(root / name))
+    return paths
+
+
+def test_decoded_jpegs_have_the_pil_pixels(jpegs):
+    from datasets.decode import read_image_tensor
+    from datasets.loader import read_image
+
+    for path in jpegs:
+        ref = torch.from_numpy(np.array(read_image(path))).permute(2, 0, 1)
+        assert torch.equal(read_image_tensor(path), ref), path
+
+
+def test_loader_views_equal_the_pil_path_for_the_224px_training_transform(jpegs):
+    from datasets.base import Datum
+    from datasets.loader import DatasetWrapper, read_image, view_seed
+
+    tfm = compose(["random_resized_crop", "random_flip", "normalize"],
+                  TransformSettings(size=(48, 48), interpolation="bicubic"))
+    ds = DatasetWrapper([Datum(impath=p, label=0) for p in jpegs], tfm, num_classes=1, seed=3)
+    assert ds.tensor_input
+    for i, path in enumerate(jpegs):
+        for epoch in (0, 1):
+            pil_view = _view_as_before(tfm, read_image(path), view_seed(3, epoch, i))
+            assert torch.equal(ds[(i, epoch)]["img"], pil_view), path
+
+
+def test_bad_jpeg_gives_the_same_one_line_error(jpegs, tmp_path):
+    from datasets.decode import read_image_tensor
+    from datasets.loader import read_image
+    from utils.errors import DatasetError
+
+    data = open(jpegs[0], "rb").read()
+    for name, blob in [("truncated.jpg", data[: len(data) // 2]), ("empty.jpg", b""), ("text.jpg", b"\xff\xd8\xffnot")]:
+        path = tmp_path / name
+        path.write_bytes(blob)
+        with pytest.raises(DatasetError) as new:
+            read_image_tensor(str(path))
+        with pytest.raises(DatasetError) as old:
+            read_image(str(path))
+        assert str(new.value) == str(old.value) and str(path) in str(new.value) and "\n" not in str(new.value)
+    with pytest.raises(DatasetError, match="missing.jpg"):
+        read_image_tensor(str(tmp_path / "missing.jpg"))
+
+
+def test_transforms_that_need_pil_images_get_pil_images(jpegs):
+    from torchvision import transforms as v1
+
+    from datasets.base import Datum
+    from datasets.loader import DatasetWrapper
+
+    seen = []
+    tfm = v1.Compose([v1.Lambda(lambda im: seen.append(type(im)) or im), v1.Resize(16), v1.ToTensor()])
+    ds = DatasetWrapper([Datum(impath=jpegs[0], label=0)], tfm, num_classes=1)
+    assert not ds.tensor_input and ds[0]["img"].shape == (3, 16, 21) and seen == [Image.Image]
