@@ -195,3 +195,51 @@ def test_transforms_that_need_pil_images_get_pil_images(jpegs):
     tfm = v1.Compose([v1.Lambda(lambda im: seen.append(type(im)) or im), v1.Resize(16), v1.ToTensor()])
     ds = DatasetWrapper([Datum(impath=jpegs[0], label=0)], tfm, num_classes=1)
     assert not ds.tensor_input and ds[0]["img"].shape == (3, 16, 21) and seen == [Image.Image]
+
+
+def test_screening_opens_only_new_or_changed_files_and_keeps_the_bad_image_error(tmp_path, monkeypatch):
+    import os
+
+    from datasets.base import DatasetBase, Datum
+    from datasets.formats import image_check
+    from utils.errors import DatasetError
+
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"img{i}.jpg"
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(p)
+        paths.append(str(p))
+    ds = DatasetBase(train_x=[Datum(impath=p, label=0) for p in paths[:4]], val=[],
+                     test=[Datum(impath=p, label=0) for p in paths[4:]], classnames=["a"], targets=["label"], name="Folder",
+                     root=str(tmp_path))
+    opened = []
+    probe = image_check.probe_image
+    monkeypatch.setattr(image_check, "probe_image", lambda p, mode: opened.append(p) or probe(p, mode))
+    assert image_check.screen_images(ds, "header", skip=False) is ds
+    assert sorted(opened) == sorted(paths) and os.path.isfile(tmp_path / ".screening_header.json")
+    opened.clear()
+    image_check.screen_images(ds, "header", skip=False)
+    assert opened == []  # warm start: no image opened
+    image_check.screen_images(ds, "decode", skip=False)
+    assert sorted(opened) == sorted(paths)  # each check remembers its own passes
+    opened.clear()
+    (tmp_path / "img2.jpg").write_bytes(b"not an image at all")  # new size and time
+    with pytest.raises(DatasetError) as err:
+        image_check.screen_images(ds, "header", skip=False)
+    assert opened == [paths[2]]
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("dataset Folder: 1 unreadable image(s) (of 6), e.g. " + paths[2] + " (cannot identify")
+    opened.clear()
+    with pytest.raises(DatasetError) as again:  # a bad file is never remembered
+        image_check.screen_images(ds, "header", skip=False)
+    assert opened == [paths[2]] and str(again.value) == msg
+
+
+def test_unwritable_dataset_folder_screens_every_start(tmp_path, monkeypatch):
+    from datasets.formats import image_check
+
+    p = tmp_path / "a.png"
+    Image.new("RGB", (4, 4)).save(p)
+    memo = str(p / "memo.json")  # under a file: cannot be created
+    for _ in range(2):
+        assert image_check.find_bad_images([str(p)], "header", memo=memo) == []
