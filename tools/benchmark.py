@@ -23,7 +23,7 @@ import resource
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -230,6 +230,249 @@ def print_sweep(rows: List[Dict[str, Any]]) -> None:
         print(f"| {label} | {statistics.mean(acc):.1f} ± {sd:.1f} | {statistics.mean(sec):.1f} | {statistics.mean(sec) / base:.2f}x |")
 
 
+# ---------------------------------------------------------------------------------- scale modes
+def _best(times: List[float]) -> float:
+    return min(times)  # least disturbed by the other jobs of a shared machine
+
+
+def eval_classes(args, extra_opts: List[str]) -> List[Dict[str, Any]]:
+    """CoOp evaluation throughput at each class count of ``args.eval_classes``: a full evaluation of
+    ``args.eval_images`` cached test features (the test split's features tiled), batch
+    ``--test-batch-size``, with the class prompts encoded on every batch (before) and once per
+    evaluation (now: the memo is cleared before every evaluation, as a weight update would)."""
+    from datasets.loader import ShardSampler
+    from trainers.clip_prompting.base import LazyLoader
+    from trainers.components.prompt_learner import PromptLearner
+    from trainers.engine import feature_cache as fc
+
+    trainer = build(args, extra_opts)
+    model = trainer.model_without_ddp
+    pl0 = model.prompt_learner
+    test = trainer.test_loader.loader() if isinstance(trainer.test_loader, LazyLoader) else trainer.test_loader
+    reps = -(-args.eval_images // test.feats.shape[0])
+    feats = test.feats.repeat(reps, 1, 1)[: args.eval_images]
+    targets = {k: v.repeat(reps, *[1] * (v.dim() - 1))[: args.eval_images] for k, v in test.targets.items()}
+    loader = fc.FeatureLoader(feats, targets, args.test_batch_size, ShardSampler(len(feats)), False, trainer.device)
+    names = list(trainer.dataset.classnames)
+    learners = {c: PromptLearner(model.clip, [f"{names[i % len(names)]} {i}" if c > len(names) else names[i]
+                                              for i in range(c)], pl0.context, pl0.n_ctx).to(trainer.device)
+                for c in args.eval_classes}
+    model.eval()
+    times: Dict[Any, List[float]] = {}
+    with torch.no_grad():
+        for r in range(args.repeats + 1):  # interleaved; the first round warms up
+            for c in args.eval_classes:
+                model.prompt_learner = learners[c]
+                for reuse in (False, True):
+                    model.reuse_text_features, model._text_memo = reuse, None
+                    t0 = time.perf_counter()
+                    for batch in loader:
+                        trainer.inference(batch)
+                    _sync(trainer.device)
+                    if r:
+                        times.setdefault((c, reuse), []).append(time.perf_counter() - t0)
+    model.prompt_learner, model.reuse_text_features = pl0, True
+    trainer.close()
+    rows = []
+    for (c, reuse), ts in times.items():
+        t = _best(ts)
+        rows.append({"what": f"eval {c} classes, class prompts encoded " + ("once per evaluation" if reuse else "per batch (before)"),
+                     "classes": c, "reuse": reuse, "images_per_s": len(feats) / t, "seconds": t, "images": len(feats)})
+    return rows
+
+
+def _jpeg_folder(n: int, size: Tuple[int, int], root: str, classes: int = 1, quality: int = 90) -> List[str]:
+    """``n`` JPEGs of ``size`` (w, h) in ``classes`` class folders under ``root`` (smooth colour + noise)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    paths = []
+    for i in range(n):
+        c = i % classes
+        folder = os.path.join(root, f"class{c}")
+        os.makedirs(folder, exist_ok=True)
+        base = np.stack([(x * (1 + i % 3) + i) % 256, (y * 2 + 7 * i) % 256, (x + y + c * 40) % 256], -1)
+        arr = (base + rng.integers(-12, 12, base.shape)).clip(0, 255).astype(np.uint8)
+        path = os.path.join(folder, f"{i:06d}.jpg")
+        Image.fromarray(arr).save(path, quality=quality)
+        paths.append(path)
+    return paths
+
+
+def loader_vs_decode(args) -> List[Dict[str, Any]]:
+    """The training loader (shipped 224-px ViT-B/16 transform) against ``decode_jpeg`` + the same v2
+    ops in a bare DataLoader, and PIL decode + the same ops (the path before), per worker count; plus
+    the cost of per-sample seeding (before: torch.manual_seed in fork_rng; now: the CPU generator)."""
+    from torch.utils.data import DataLoader, Dataset
+
+    from configs.config import merge_from_file
+    from datasets import build_data_loader, build_transform
+    from datasets.base import Datum
+    from datasets.decode import read_image_tensor
+    from datasets.loader import apply_transform, read_image
+    from trainers import get_cfg
+
+    cfg = get_cfg()
+    merge_from_file(cfg, args.loader_config)
+    tfm = build_transform(cfg, is_train=True)
+    root = tempfile.mkdtemp(prefix="emolab_jpegs_")
+    paths = _jpeg_folder(args.loader_images, (500, 375), root)
+    data = [Datum(impath=p, label=0) for p in paths]
+
+    class Bare(Dataset):
+        def __init__(self, read):
+            self.read = read
+
+        def __len__(self):
+            return len(paths)
+
+        def __getitem__(self, i):
+            return self.read(paths[i])
+
+    def decode_jpeg_read(p):
+        from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+        return tfm(decode_jpeg(read_file(p), mode=ImageReadMode.RGB)).as_subclass(torch.Tensor)
+
+    def pil_read(p):
+        return tfm(read_image(p)).as_subclass(torch.Tensor)
+
+    bs = args.batch_size
+    times: Dict[Any, List[float]] = {}
+    loaders = {}
+    for w in args.workers:
+        kw = dict(batch_size=bs, num_workers=w, persistent_workers=w > 0, drop_last=True)
+        loaders[("decode_jpeg + v2 ops (bare DataLoader)", w)] = DataLoader(Bare(decode_jpeg_read), **kw)
+        loaders[("PIL decode + v2 ops (bare DataLoader)", w)] = DataLoader(Bare(pil_read), **kw)
+        loaders[("EmoLab training loader", w)] = build_data_loader(
+            data, tfm, bs, is_train=True, num_classes=1, num_workers=w, seed=1, drop_last=True)
+    for r in range(args.repeats + 1):
+        for key, loader in loaders.items():
+            if hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(r)
+            t0 = time.perf_counter()
+            n = sum(len(b["index"]) if isinstance(b, dict) else len(b) for b in loader)
+            if r:
+                times.setdefault(key, []).append((time.perf_counter() - t0) / n)
+    rows = []
+    for w in args.workers:
+        ref = _best(times[("decode_jpeg + v2 ops (bare DataLoader)", w)])
+        for (what, ww), ts in times.items():
+            if ww == w:
+                rows.append({"what": f"{what}, {w} workers", "workers": w, "images_per_s": 1 / _best(ts),
+                             "ms_per_image": 1000 * _best(ts), "vs_decode_jpeg": ref / _best(ts)})
+    # seeding: microseconds per call, and its share of a sample of the 0-worker loader
+    img = read_image_tensor(paths[0])
+    seed_times: Dict[str, List[float]] = {"torch.manual_seed in fork_rng (before)": [], "CPU generator (now)": []}
+    ident = lambda x: x  # noqa: E731
+
+    def before(seed):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return ident(img)
+
+    for r in range(args.repeats + 1):
+        for name, fn in (("torch.manual_seed in fork_rng (before)", before),
+                         ("CPU generator (now)", lambda s: apply_transform(ident, img, s))):
+            t0 = time.perf_counter()
+            for s in range(2000):
+                fn(s)
+            if r:
+                seed_times[name].append((time.perf_counter() - t0) / 2000)
+    sample = _best(times[("EmoLab training loader", args.workers[0])])
+    for name, ts in seed_times.items():
+        rows.append({"what": f"per-sample seeding, {name}", "us_per_call": 1e6 * _best(ts),
+                     "share_of_a_sample": _best(ts) / sample})
+    return rows
+
+
+def startup(args, extra_opts: List[str]) -> List[Dict[str, Any]]:
+    """``build_trainer`` on image folders of each size in ``args.startup`` (tiny JPEGs), cold (first
+    start: split, screening) and warm (best of ``--repeats`` later starts), interleaved."""
+    import train
+    from trainers import build_trainer
+    from trainers.clip_prompting.base import LazyLoader
+
+    roots = {}
+    for n in args.startup:
+        roots[n] = tempfile.mkdtemp(prefix=f"emolab_startup_{n}_")
+        _jpeg_folder(n, (8, 8), os.path.join(roots[n], "folder"), classes=8)
+
+    def one(n: int) -> Tuple[float, bool]:
+        out = tempfile.mkdtemp(prefix="emolab_bench_")
+        argv = ["--trainer", args.trainer, "--config-file", args.config_file, "--dataset-config-file",
+                "configs/datasets/imagefolder.yaml", "--root", roots[n], "--output-dir", out, "--seed", "1",
+                "DATASET.IMAGE_FOLDER.DIR", "folder", "CACHE.DIR", os.path.join(roots[n], "cache"), "VERBOSE", "False",
+                *extra_opts]
+        cfg = train.setup_cfg(train.build_parser().parse_args(argv))
+        t0 = time.perf_counter()
+        trainer = build_trainer(cfg)
+        t = time.perf_counter() - t0
+        test_built = not isinstance(trainer.test_loader, LazyLoader) or trainer.test_loader.built
+        trainer.close()
+        return t, test_built
+
+    cold, warm, built = {}, {}, {}
+    for n in args.startup:
+        cold[n], built[n] = one(n)
+    for _ in range(args.repeats):
+        for n in args.startup:
+            warm.setdefault(n, []).append(one(n)[0])
+    base = _best(warm[args.startup[0]])
+    return [{"what": f"build_trainer, {n} images", "images": n, "cold_s": cold[n], "warm_s": _best(warm[n]),
+             "warm_vs_smallest": _best(warm[n]) / base, "test_features_built_at_start": built[n]} for n in args.startup]
+
+
+def quickgelu(args, extra_opts: List[str]) -> List[Dict[str, Any]]:
+    """A training step with the CLIP's MLP activations as open_clip's three-op ``QuickGELU`` and as
+    :class:`clip.activations.FusedQuickGELU`, interleaved on the same batches (the tiny CLIP's own
+    activation is replaced by each: only the speed of the activation is compared)."""
+    from open_clip.transformer import QuickGELU
+
+    from clip.activations import fuse_quick_gelu, unfuse_quick_gelu
+    from trainers.engine.utils import to_device
+
+    trainer = build(args, extra_opts)
+    clip = trainer.model_without_ddp.clip
+    for parent in clip.modules():
+        for name, child in list(parent.named_children()):
+            if isinstance(child, (torch.nn.GELU, QuickGELU)):
+                setattr(parent, name, QuickGELU())
+    batches = []
+    for batch in trainer.train_loader:
+        batches.append(to_device(batch, trainer.device))
+        if len(batches) == 4:
+            break
+    trainer.set_model_mode("train")
+    times: Dict[str, List[float]] = {"QuickGELU, three ops (open_clip)": [], "FusedQuickGELU": []}
+    for r in range(args.repeats + 1):
+        for name in times:
+            (unfuse_quick_gelu if name.startswith("QuickGELU") else fuse_quick_gelu)(clip)
+            t0 = time.perf_counter()
+            for _ in range(args.steps // len(batches) or 1):
+                for b in batches:
+                    trainer.train_step(b)
+            _sync(trainer.device)
+            if r:
+                times[name].append((time.perf_counter() - t0) / ((args.steps // len(batches) or 1) * len(batches)))
+    trainer.close()
+    base = _best(times["QuickGELU, three ops (open_clip)"])
+    return [{"what": f"{args.trainer} train step, {name}", "ms_per_step": 1000 * _best(ts),
+             "images_per_s": args.batch_size / _best(ts), "speed_vs_three_ops": base / _best(ts)} for name, ts in times.items()]
+
+
+def print_rows(rows: List[Dict[str, Any]]) -> None:
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "what"]
+    print("\n| what | " + " | ".join(keys) + " |")
+    print("|---|" + "--:|" * len(keys))
+    for r in rows:
+        cells = [f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]
+        print(f"| {r['what']} | " + " | ".join(cells) + " |")
+
+
 def environment(device: torch.device) -> Dict[str, str]:
     import open_clip
     import torchvision
@@ -258,6 +501,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--data-path", action="store_true", help="also time the training loader alone")
     p.add_argument("--cache-views", type=int, nargs="*", default=None, metavar="K",
                    help="full runs per seed: default cache semantics, then CACHE.FEATURES on with each K views")
+    p.add_argument("--eval-classes", type=int, nargs="*", default=None, metavar="C",
+                   help="CoOp evaluation throughput at these class counts (cached features, text per batch vs once)")
+    p.add_argument("--eval-images", type=int, default=10000, help="images per evaluation of --eval-classes")
+    p.add_argument("--loader-vs-decode", action="store_true",
+                   help="training loader vs decode_jpeg + the same v2 ops (and seeding cost)")
+    p.add_argument("--loader-config", default="configs/trainers/CoOp/vit_b16.yaml", help="transform of --loader-vs-decode")
+    p.add_argument("--loader-images", type=int, default=96, help="JPEGs (500x375) of --loader-vs-decode")
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="worker counts of --loader-vs-decode")
+    p.add_argument("--startup", type=int, nargs="*", default=None, metavar="N",
+                   help="build_trainer time on image folders of N tiny JPEGs (cold and warm)")
+    p.add_argument("--quickgelu", action="store_true", help="train step with three-op vs fused QuickGELU")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the scale modes (best kept)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds of --cache-views")
     p.add_argument("--json", default="", help="write the results here")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -266,6 +521,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         rows: List[Dict[str, Any]] = []
+        scale = None
+        if args.eval_classes:
+            scale = eval_classes(args, opts)
+        elif args.loader_vs_decode:
+            scale = loader_vs_decode(args)
+        elif args.startup:
+            scale = startup(args, opts)
+        elif args.quickgelu:
+            scale = quickgelu(args, opts)
+        if scale is not None:
+            print(f"\nload average {os.getloadavg()}; " + ", ".join(f"{k} {v}" for k, v in environment(device).items()))
+            print_rows(scale)
+            write_json(args, device, scale)
+            return 0
         if args.cache_views is not None:
             rows = cache_views_sweep(args, opts)
             print_sweep(rows)

@@ -1,0 +1,69 @@
+"""QuickGELU, ``x * sigmoid(1.702 x)`` (the activation OpenAI's CLIP weights were trained with), as
+one autograd function.
+
+Written as three tensor ops (open_clip's ``QuickGELU``) autograd records three nodes and keeps
+three activations of the MLP's hidden size for the backward pass (``1.702 x``, its sigmoid and
+``x``); :class:`FusedQuickGELU` keeps only ``x`` and computes the gradient
+``g * (s + 1.702 x s (1 - s))``, ``s = sigmoid(1.702 x)``, in one pass. Same values to float
+rounding (``tests/test_perf_paths.py``); ``tools/benchmark.py --quickgelu`` measures a CoCoOp step
+with each (``benchmarks/RESULTS.md``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+ALPHA = 1.702
+
+
+class _QuickGELUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(x)
+        return x * torch.sigmoid(ALPHA * x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(ALPHA * x)
+        return grad * s * (1 + ALPHA * x * (1 - s))
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """``x * sigmoid(1.702 x)``; one autograd node saving only ``x`` when a gradient is recorded."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _QuickGELUFunction.apply(x)
+    return x * torch.sigmoid(ALPHA * x)
+
+
+class FusedQuickGELU(nn.Module):
+    """Drop-in replacement for open_clip's ``QuickGELU`` (same output, one autograd node)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return quick_gelu(x)
+
+
+def fuse_quick_gelu(model: nn.Module) -> int:
+    """Replace every open_clip ``QuickGELU`` module of ``model`` by :class:`FusedQuickGELU`; the count."""
+    from open_clip.transformer import QuickGELU
+
+    n = 0
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if type(child) is QuickGELU:
+                setattr(parent, name, FusedQuickGELU())
+                n += 1
+    return n
+
+
+def unfuse_quick_gelu(model: nn.Module) -> int:
+    """The inverse of :func:`fuse_quick_gelu` (benchmarks compare the two in one process)."""
+    from open_clip.transformer import QuickGELU
+
+    n = 0
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if type(child) is FusedQuickGELU:
+                setattr(parent, name, QuickGELU())
+                n += 1
+    return n
