@@ -304,7 +304,8 @@ def _jpeg_folder(n: int, size: Tuple[int, int], root: str, classes: int = 1, qua
 
 def loader_vs_decode(args) -> List[Dict[str, Any]]:
     """The training loader (shipped 224-px ViT-B/16 transform) against ``decode_jpeg`` + the same v2
-    ops in a bare DataLoader, and PIL decode + the same ops (the path before), per worker count; plus
+    ops in a bare DataLoader, and PIL decode + the same ops (the path before), per worker count (the
+    bare loaders draw the same crops: same order and per-sample seeds, so the resize work is equal); plus
     the cost of per-sample seeding (before: torch.manual_seed in fork_rng; now: the CPU generator)."""
     from torch.utils.data import DataLoader, Dataset
 
@@ -312,7 +313,7 @@ def loader_vs_decode(args) -> List[Dict[str, Any]]:
     from datasets import build_data_loader, build_transform
     from datasets.base import Datum
     from datasets.decode import read_image_tensor
-    from datasets.loader import apply_transform, read_image
+    from datasets.loader import EpochSampler, apply_transform, read_image, view_seed
     from trainers import get_cfg
 
     cfg = get_cfg()
@@ -329,7 +330,9 @@ def loader_vs_decode(args) -> List[Dict[str, Any]]:
         def __len__(self):
             return len(paths)
 
-        def __getitem__(self, i):
+        def __getitem__(self, key):  # the loader's crops: the same per-sample seeds and order
+            i, epoch = key
+            torch.default_generator.manual_seed(view_seed(1, epoch, i))
             return self.read(paths[i])
 
     def decode_jpeg_read(p):
@@ -344,7 +347,8 @@ def loader_vs_decode(args) -> List[Dict[str, Any]]:
     times: Dict[Any, List[float]] = {}
     loaders = {}
     for w in args.workers:
-        kw = dict(batch_size=bs, num_workers=w, persistent_workers=w > 0, drop_last=True)
+        kw = dict(batch_size=bs, num_workers=w, persistent_workers=w > 0, drop_last=True,
+                  sampler=EpochSampler(len(paths), seed=1))
         loaders[("decode_jpeg + v2 ops (bare DataLoader)", w)] = DataLoader(Bare(decode_jpeg_read), **kw)
         loaders[("PIL decode + v2 ops (bare DataLoader)", w)] = DataLoader(Bare(pil_read), **kw)
         loaders[("EmoLab training loader", w)] = build_data_loader(
@@ -512,12 +516,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--startup", type=int, nargs="*", default=None, metavar="N",
                    help="build_trainer time on image folders of N tiny JPEGs (cold and warm)")
     p.add_argument("--quickgelu", action="store_true", help="train step with three-op vs fused QuickGELU")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the scale modes (best kept)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds of --cache-views")
     p.add_argument("--json", default="", help="write the results here")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args(argv)
     opts = [o for o in args.opts if o != "--"]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         rows: List[Dict[str, Any]] = []
