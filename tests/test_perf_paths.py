@@ -243,3 +243,23 @@ def test_unwritable_dataset_folder_screens_every_start(tmp_path, monkeypatch):
     memo = str(p / "memo.json")  # under a file: cannot be created
     for _ in range(2):
         assert image_check.find_bad_images([str(p)], "header", memo=memo) == []
+
+
+def test_fused_quick_gelu_same_forward_bits_and_gradient():
+    from open_clip.transformer import QuickGELU
+
+    from clip.activations import FusedQuickGELU, fuse_quick_gelu, unfuse_quick_gelu
+
+    torch.manual_seed(0)
+    x = (torch.randn(4, 7, 33) * 4).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    g = torch.randn(4, 7, 33)
+    ref, fused = QuickGELU()(x), FusedQuickGELU()(x2)
+    assert torch.equal(ref, fused)
+    ref.backward(g)
+    fused.backward(g)
+    assert torch.allclose(x.grad, x2.grad, rtol=1e-5, atol=1e-6)
+    assert torch.autograd.gradcheck(FusedQuickGELU(), (torch.randn(3, 5, dtype=torch.float64, requires_grad=True),))
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), QuickGELU(), torch.nn.Sequential(QuickGELU()))
+    assert fuse_quick_gelu(net) == 2 and isinstance(net[2][0], FusedQuickGELU)
+    assert unfuse_quick_gelu(net) == 2 and type(net[1]) is QuickGELU
