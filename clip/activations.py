@@ -12,7 +12,7 @@ fused ``silu_backward`` kernel; the gradient agrees to float rounding (``tests/t
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+import torch.nn as nn  # noqa: F401
 
 ALPHA = 1.702
 
@@ -37,8 +37,14 @@ def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(ALPHA * x)
 
 
-class FusedQuickGELU(nn.Module):
-    """Drop-in replacement for open_clip's ``QuickGELU`` (same output, one autograd node)."""
+def _open_clip_quick_gelu() -> type:
+    from open_clip.transformer import QuickGELU
+
+    return QuickGELU
+
+
+class FusedQuickGELU(_open_clip_quick_gelu()):
+    """Drop-in replacement for open_clip's ``QuickGELU`` (a subclass: same output, one autograd node)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return quick_gelu(x)
