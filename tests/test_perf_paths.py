@@ -263,3 +263,18 @@ def test_fused_quick_gelu_same_forward_bits_and_gradient():
     net = torch.nn.Sequential(torch.nn.Linear(3, 3), QuickGELU(), torch.nn.Sequential(QuickGELU()))
     assert fuse_quick_gelu(net) == 2 and isinstance(net[2][0], FusedQuickGELU)
     assert unfuse_quick_gelu(net) == 2 and type(net[1]) is QuickGELU
+
+
+def test_a_run_that_does_not_test_encodes_no_test_image(tmp_path, data_root):
+    import os
+
+    from conftest import COOP_CFG, SMALL_DATA, SYN_CFG, run_cli
+
+    common = ["--root", data_root, "--seed", "1", "--config-file", COOP_CFG, "--dataset-config-file", SYN_CFG,
+              *SMALL_DATA, "OPTIM.MAX_EPOCH", "1", "CACHE.DIR", str(tmp_path / "cache")]
+    assert run_cli(["--output-dir", str(tmp_path / "a"), *common, "TEST.NO_TEST", "True"]) == 0
+    log = (tmp_path / "a" / "log.txt").read_text()
+    assert "test images" not in log and "val images x 1 view(s)" in log  # val: built at the first validation
+    assert not [f for f in os.listdir(tmp_path / "cache") if "_test_" in f]
+    assert run_cli(["--output-dir", str(tmp_path / "b"), *common]) == 0  # a run that tests builds them then
+    assert [f for f in os.listdir(tmp_path / "cache") if "_test_" in f]

@@ -237,22 +237,34 @@ def _best(times: List[float]) -> float:
 
 def eval_classes(args, extra_opts: List[str]) -> List[Dict[str, Any]]:
     """CoOp evaluation throughput at each class count of ``args.eval_classes``: a full evaluation of
-    ``args.eval_images`` cached test features (the test split's features tiled), batch
+    ``args.eval_images`` cached test features (the test split's features tiled), or with
+    ``--eval-source images`` of as many test images through the image loader (``--workers``), batch
     ``--test-batch-size``, with the class prompts encoded on every batch (before) and once per
     evaluation (now: the memo is cleared before every evaluation, as a weight update would)."""
     from datasets.loader import ShardSampler
     from trainers.clip_prompting.base import LazyLoader
     from trainers.components.prompt_learner import PromptLearner
     from trainers.engine import feature_cache as fc
+    from trainers.engine.utils import to_device
 
-    trainer = build(args, extra_opts)
+    trainer = build(args, extra_opts + (["CACHE.FEATURES", "off"] if args.eval_source == "images" else []))
     model = trainer.model_without_ddp
     pl0 = model.prompt_learner
-    test = trainer.test_loader.loader() if isinstance(trainer.test_loader, LazyLoader) else trainer.test_loader
-    reps = -(-args.eval_images // test.feats.shape[0])
-    feats = test.feats.repeat(reps, 1, 1)[: args.eval_images]
-    targets = {k: v.repeat(reps, *[1] * (v.dim() - 1))[: args.eval_images] for k, v in test.targets.items()}
-    loader = fc.FeatureLoader(feats, targets, args.test_batch_size, ShardSampler(len(feats)), False, trainer.device)
+    if args.eval_source == "images":  # the image loader (decode + evaluation transform + image encoder)
+        from datasets import build_data_loader
+
+        test_data = list(trainer.dataset.test)
+        data = (test_data * -(-args.eval_images // len(test_data)))[: args.eval_images]
+        loader = build_data_loader(data, trainer.tfm_test, args.test_batch_size, is_train=False,
+                                   num_classes=trainer.num_classes, num_workers=args.workers[0])
+        n_images = len(data)
+    else:
+        test = trainer.test_loader.loader() if isinstance(trainer.test_loader, LazyLoader) else trainer.test_loader
+        reps = -(-args.eval_images // test.feats.shape[0])
+        feats = test.feats.repeat(reps, 1, 1)[: args.eval_images]
+        targets = {k: v.repeat(reps, *[1] * (v.dim() - 1))[: args.eval_images] for k, v in test.targets.items()}
+        loader = fc.FeatureLoader(feats, targets, args.test_batch_size, ShardSampler(len(feats)), False, trainer.device)
+        n_images = len(feats)
     names = list(trainer.dataset.classnames)
     learners = {c: PromptLearner(model.clip, [f"{names[i % len(names)]} {i}" if c > len(names) else names[i]
                                               for i in range(c)], pl0.context, pl0.n_ctx).to(trainer.device)
@@ -267,7 +279,7 @@ def eval_classes(args, extra_opts: List[str]) -> List[Dict[str, Any]]:
                     model.reuse_text_features, model._text_memo = reuse, None
                     t0 = time.perf_counter()
                     for batch in loader:
-                        trainer.inference(batch)
+                        trainer.inference(to_device(batch, trainer.device))
                     _sync(trainer.device)
                     if r:
                         times.setdefault((c, reuse), []).append(time.perf_counter() - t0)
@@ -276,8 +288,9 @@ def eval_classes(args, extra_opts: List[str]) -> List[Dict[str, Any]]:
     rows = []
     for (c, reuse), ts in times.items():
         t = _best(ts)
-        rows.append({"what": f"eval {c} classes, class prompts encoded " + ("once per evaluation" if reuse else "per batch (before)"),
-                     "classes": c, "reuse": reuse, "images_per_s": len(feats) / t, "seconds": t, "images": len(feats)})
+        rows.append({"what": f"eval from {args.eval_source}, {c} classes, class prompts encoded "
+                     + ("once per evaluation" if reuse else "per batch (before)"),
+                     "classes": c, "reuse": reuse, "images_per_s": n_images / t, "seconds": t, "images": n_images})
     return rows
 
 
@@ -507,6 +520,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="full runs per seed: default cache semantics, then CACHE.FEATURES on with each K views")
     p.add_argument("--eval-classes", type=int, nargs="*", default=None, metavar="C",
                    help="CoOp evaluation throughput at these class counts (cached features, text per batch vs once)")
+    p.add_argument("--eval-source", choices=["features", "images"], default="features",
+                   help="--eval-classes on cached features or through the image loader (CACHE.FEATURES off)")
     p.add_argument("--eval-images", type=int, default=10000, help="images per evaluation of --eval-classes")
     p.add_argument("--loader-vs-decode", action="store_true",
                    help="training loader vs decode_jpeg + the same v2 ops (and seeding cost)")
