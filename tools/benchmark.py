@@ -475,10 +475,23 @@ def quickgelu(args, extra_opts: List[str]) -> List[Dict[str, Any]]:
             _sync(trainer.device)
             if r:
                 times[name].append((time.perf_counter() - t0) / ((args.steps // len(batches) or 1) * len(batches)))
+    saved = {}
+    for name in times:  # bytes autograd keeps for the backward pass of one step
+        (unfuse_quick_gelu if name.startswith("QuickGELU") else fuse_quick_gelu)(clip)
+        total = [0]
+
+        def pack(t, total=total):
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            trainer.train_step(batches[0])
+        saved[name] = total[0] / 2**20
     trainer.close()
     base = _best(times["QuickGELU, three ops (open_clip)"])
     return [{"what": f"{args.trainer} train step, {name}", "ms_per_step": 1000 * _best(ts),
-             "images_per_s": args.batch_size / _best(ts), "speed_vs_three_ops": base / _best(ts)} for name, ts in times.items()]
+             "images_per_s": args.batch_size / _best(ts), "speed_vs_three_ops": base / _best(ts),
+             "saved_for_backward_mb": saved[name]} for name, ts in times.items()]
 
 
 def print_rows(rows: List[Dict[str, Any]]) -> None:
