@@ -6,7 +6,7 @@ upsampling; checked on baseline, progressive, 4:4:4 / 4:2:2 / 4:2:0, greyscale a
 ``tests/test_perf_paths.py``), so a transform whose first op is ``v2.ToImage`` (every transform of
 ``datasets/transforms.py``) gives the same views from either. A JPEG that ``decode_jpeg`` rejects
 (truncated, corrupt, or a variant it does not handle) is read again by PIL, so the error a bad file
-raises is the loader's usual one line naming the file (``loader.read_image``).
+raises is the loader's usual one line naming the file (:func:`read_image`, also ``loader.read_image``).
 """
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from utils.errors import DatasetError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -43,9 +45,16 @@ def read_image_tensor(path: str) -> torch.Tensor:
             return decode_jpeg_bytes(data)
         except (RuntimeError, ValueError):
             pass  # PIL reads it, or raises the usual error naming the file
-    from .loader import read_image  # (loader imports this module)
-
     return pil_to_uint8(read_image(path))
+
+
+def read_image(path: str) -> Image.Image:
+    """Open an image as RGB; DatasetError naming the file if it is missing, unreadable or truncated."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(f"cannot read image {path}: {e}") from None
 
 
 def pil_to_uint8(img: Image.Image) -> torch.Tensor:

@@ -13,27 +13,17 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from utils.errors import ConfigError, DatasetError
 from utils.registry import closest
 
 from .base import Datum
-from .decode import read_image_tensor, takes_tensors
+from .decode import read_image, read_image_tensor, takes_tensors  # noqa: F401  (read_image: re-exported)
 
 logger = logging.getLogger(__name__)
 
 SAMPLERS = ("RandomSampler", "SequentialSampler")
-
-
-def read_image(path: str) -> Image.Image:
-    """Open an image as RGB; DatasetError naming the file if it is missing, unreadable or truncated."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-        raise DatasetError(f"cannot read image {path}: {e}") from None
 
 
 def target_keys(data: Sequence[Datum]) -> List[str]:
