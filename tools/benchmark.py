@@ -12,6 +12,16 @@ pass per image on full 77-token prompts) and ``coop-77`` (CoOp's full 77-token p
 truncation). ``--compare-cache`` times the same config with the frozen-feature cache off and on.
 ``--data-path`` also times the training loader alone (reading, decoding, augmenting; no step).
 Trainers without an evaluator (``UniEmoXPretrain``) get no evaluation row.
+
+Scale modes (one per command; variants interleaved in one process, best of ``--repeats`` rounds):
+``--eval-classes 8 512`` CoOp evaluation throughput per class count, class prompts encoded per batch
+vs once per evaluation (``--eval-source features|images``, ``--eval-images N``);
+``--loader-vs-decode`` the training loader against ``decode_jpeg`` / PIL + the same v2 ops, with
+``--workers 0 2``, and the cost of per-sample seeding; ``--startup 1000 60000`` ``build_trainer``
+on image folders of N tiny JPEGs, first and warm start; ``--quickgelu`` a training step with
+open_clip's QuickGELU vs ``clip.activations.FusedQuickGELU``; ``--cache-views 1 2 4 8 16`` full
+runs per ``--seeds`` with the default cache semantics and with K cached views (accuracy, time).
+``--threads N`` sets torch's intra-op threads.
 """
 from __future__ import annotations
 
