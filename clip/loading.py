@@ -138,6 +138,10 @@ def load_clip(
         load_weights(model, weights, arch)
     else:
         logger.warning("CLIP %s built with RANDOM weights", arch)
+    if quick_gelu:  # same forward values, one autograd node (clip/activations.py)
+        from .activations import fuse_quick_gelu
+
+        fuse_quick_gelu(model)
     model = model.float().to(device).eval()
     for param in model.parameters():
         param.requires_grad_(False)

@@ -29,7 +29,8 @@ from utils.fileio import atomic_torch_save, safe_torch_load
 from utils.killpoints import killpoint
 
 from .base import Datum
-from .loader import apply_transform, read_image, stack_targets, view_seed
+from .decode import read_image_tensor
+from .loader import apply_transform, stack_targets, view_seed
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,9 @@ class DecodedImages:
 
 
 def decode(path: str) -> np.ndarray:
-    """uint8 [3, H, W]: the image as the PIL loader reads it (RGB, original size)."""
-    return np.asarray(read_image(path), dtype=np.uint8).transpose(2, 0, 1)
+    """uint8 [3, H, W]: the image as the image loader reads it (RGB, original size; JPEGs by
+    ``decode_jpeg``, others by PIL: ``datasets/decode.py``)."""
+    return read_image_tensor(path).numpy()
 
 
 def decoded_bytes(data: Sequence[Datum]) -> int:
@@ -81,7 +83,7 @@ def decode_all(data: Sequence[Datum], cache_dir: str = "") -> DecodedImages:
     """:class:`DecodedImages` for ``data``; with ``cache_dir``, kept on disk keyed by the files."""
     path = ""
     if cache_dir:
-        h = hashlib.sha1(b"decoded-v2-original-size")
+        h = hashlib.sha1(b"decoded-v3-original-size")
         for d in data:
             st = os.stat(d.impath)
             h.update(f"{d.impath}|{st.st_size}|{st.st_mtime_ns}\n".encode())

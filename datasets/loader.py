@@ -13,26 +13,18 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from utils.rng import seeded_draws
 from utils.errors import ConfigError, DatasetError
 from utils.registry import closest
 
 from .base import Datum
+from .decode import read_image, read_image_tensor, takes_tensors  # noqa: F401  (read_image: re-exported)
 
 logger = logging.getLogger(__name__)
 
 SAMPLERS = ("RandomSampler", "SequentialSampler")
-
-
-def read_image(path: str) -> Image.Image:
-    """Open an image as RGB; DatasetError naming the file if it is missing, unreadable or truncated."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-        raise DatasetError(f"cannot read image {path}: {e}") from None
 
 
 def target_keys(data: Sequence[Datum]) -> List[str]:
@@ -64,8 +56,9 @@ def view_seed(seed: int, epoch: int, idx: int) -> int:
 def apply_transform(transform: Optional[Callable], img: Any, seed: Optional[int] = None) -> torch.Tensor:
     """``transform(img)`` for a PIL image or a uint8 tensor [3, H, W] (any device); with ``seed``,
     its random draws come from torch's CPU generator, ``random`` and ``np.random`` seeded ``seed``
-    (all restored afterwards: :func:`utils.rng.seeded_draws`), so an augmented view is reproducible,
-    the same for both inputs and for any number of DataLoader workers."""
+    (all restored afterwards: :func:`utils.rng.seeded_draws`; the torch draws are those after
+    ``torch.manual_seed(seed)``), so an augmented view is reproducible, the same for both inputs and
+    for any number of DataLoader workers."""
     if transform is None:
         if isinstance(img, torch.Tensor):
             return img.float() / 255.0
@@ -73,8 +66,6 @@ def apply_transform(transform: Optional[Callable], img: Any, seed: Optional[int]
     if seed is None:
         out = transform(img)
     else:
-        from utils.rng import seeded_draws
-
         with seeded_draws(seed):  # torchvision draws on torch's CPU generator, timm on random / np.random
             out = transform(img)
     return out.as_subclass(torch.Tensor) if isinstance(out, torch.Tensor) else out
@@ -113,6 +104,7 @@ class DatasetWrapper(Dataset):
         self.num_classes = num_classes
         self.seed = seed
         self.keys = target_keys(self.data_source)
+        self.tensor_input = takes_tensors(transform)  # decode JPEGs to tensors (datasets/decode.py)
 
     def __len__(self) -> int:
         return len(self.data_source)
@@ -120,7 +112,7 @@ class DatasetWrapper(Dataset):
     def __getitem__(self, key: Any) -> Dict[str, Any]:
         idx, epoch = key if isinstance(key, tuple) else (key, None)
         d = self.data_source[idx]
-        img = read_image(d.impath)
+        img = read_image_tensor(d.impath) if self.tensor_input else read_image(d.impath)
         out: Dict[str, Any] = {
             "img": apply_transform(self.transform, img, None if epoch is None else view_seed(self.seed, epoch, idx)),
             "index": idx,

@@ -37,6 +37,9 @@ def atomic_write_json(obj: Any, path: str) -> None:
 def relative_path(impath: str, root: str) -> str:
     """``impath`` relative to ``root`` with "/" separators; DatasetError if it is outside ``root``."""
     root_abs = os.path.abspath(root)
+    prefix = root_abs.rstrip(os.sep) + os.sep
+    if impath.startswith(prefix) and os.path.normpath(impath) == impath:  # fast path: already normalised, inside
+        return impath[len(prefix):].replace(os.sep, "/")
     abs_path = os.path.abspath(impath)
     if os.path.commonpath([root_abs, abs_path]) != root_abs:
         raise DatasetError(f"image {impath} is outside the dataset folder {root_abs}")

@@ -7,6 +7,7 @@
 ``DATASET.SKIP_BAD_IMAGES``: False = one-line error naming the first bad files and their count;
 True = drop them from their split and log (WARNING) how many were skipped, per split.
 Missing files are always an error (the annotation and the disk disagree).
+Files that passed before, unchanged in size and time, are not opened again (``datasets/screening.py``).
 """
 from __future__ import annotations
 
@@ -38,19 +39,33 @@ def probe_image(path: str, mode: str) -> Optional[str]:
     return None
 
 
-def find_bad_images(paths: Sequence[str], mode: str, workers: int = 8) -> List[Tuple[str, str]]:
-    """[(path, reason)] of the files failing the ``mode`` check, in input order (no check for "exists")."""
+def find_bad_images(paths: Sequence[str], mode: str, workers: int = 8, memo: str = "") -> List[Tuple[str, str]]:
+    """[(path, reason)] of the files failing the ``mode`` check, in input order (no check for "exists").
+    With ``memo`` (a file: ``datasets/screening.py``) files that passed before, unchanged, are not opened."""
     if mode == "exists" or not paths:
         return []
+    from datasets import screening
+
     unique = list(dict.fromkeys(paths))
+    now = screening.stamps(unique) if memo else {}
+    known = screening.load(memo)
+    todo = [p for p in unique if not memo or now[p] is None or known.get(p) != now[p]]
+    reasons = _probe_all(todo, mode, workers)
+    if memo and todo:
+        screening.save(memo, {p: now[p] for p in unique if reasons.get(p) is None and now[p] is not None})
+    return [(p, reasons[p]) for p in unique if reasons.get(p) is not None]
+
+
+def _probe_all(unique: List[str], mode: str, workers: int) -> Dict[str, Optional[str]]:
+    if not unique:
+        return {}
     n_workers = max(1, min(workers, (os.cpu_count() or 1) * 2, len(unique)))
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
         from utils.progress import progress
 
         checked = progress(pool.map(lambda p: probe_image(p, mode), unique), total=len(unique),
                            desc=f"screening images ({mode})", unit="img")
-        reasons = dict(zip(unique, checked))
-    return [(p, reasons[p]) for p in unique if reasons[p] is not None]
+        return dict(zip(unique, checked))
 
 
 def screen_images(ds: DatasetBase, mode: str, skip: bool) -> DatasetBase:
@@ -63,7 +78,7 @@ def screen_images(ds: DatasetBase, mode: str, skip: bool) -> DatasetBase:
     splits: Dict[str, List[Datum]] = {"train_x": ds.train_x, "val": ds.val, "test": ds.test}
     every = [d for data in splits.values() for d in data]
     check_images(every, max_shown=MAX_SHOWN)
-    bad = find_bad_images([d.impath for d in every], mode)
+    bad = find_bad_images([d.impath for d in every], mode, memo=screening_memo(ds, mode))
     if not bad:
         return ds
     shown = "; ".join(f"{p} ({why})" for p, why in bad[:MAX_SHOWN]) + ("; ..." if len(bad) > MAX_SHOWN else "")
@@ -79,6 +94,13 @@ def screen_images(ds: DatasetBase, mode: str, skip: bool) -> DatasetBase:
     if not kept["train_x"]:
         raise DatasetError(f"dataset {ds.name}: no readable training images left after skipping {len(bad)} unreadable one(s)")
     return ds.replace(**kept)
+
+
+def screening_memo(ds: DatasetBase, mode: str) -> str:
+    """Where the passes of the ``mode`` check are remembered (``datasets/screening.py``)."""
+    from datasets.screening import memo_path
+
+    return memo_path(ds.root, mode)
 
 
 def screen_from_config(ds: DatasetBase, cfg) -> DatasetBase:  # noqa: ANN001

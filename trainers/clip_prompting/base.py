@@ -65,6 +65,33 @@ def build_clip_backbone(cfg, device: torch.device):
     return load_configured_clip(name, cfg.MODEL.BACKBONE.PRETRAINED, device)
 
 
+class LazyLoader:
+    """A loader built by ``build(*args)`` when first iterated; until then its length, batch size,
+    sampler and ``drop_last`` are those of the image loader it replaces (``args[-2]``), which the
+    built :class:`FeatureLoader` shares."""
+
+    def __init__(self, build, *args) -> None:  # noqa: ANN001
+        self._build, self._args, self._loader = build, args, None
+        image_loader = args[-2]
+        self.batch_size, self.sampler, self.drop_last = image_loader.batch_size, image_loader.sampler, image_loader.drop_last
+        self._len = len(image_loader)
+
+    @property
+    def built(self) -> bool:
+        return self._loader is not None
+
+    def loader(self):  # noqa: ANN201
+        if self._loader is None:
+            self._loader, self._args = self._build(*self._args), ()
+        return self._loader
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.loader())
+
+
 class ClipTrainerBase(TrainerBase):
     """A trainer whose backbone is a frozen CLIP; fills ``INPUT.SIZE`` from the architecture.
 
@@ -124,11 +151,11 @@ class ClipTrainerBase(TrainerBase):
         if cache_train:
             self.data.train_loader = self._feature_loader(settings, self.dataset.train_x, self.tfm_train,
                                                           views if random_train else 1, self.train_loader, "train")
-        if self.val_loader is not None:
-            self.data.val_loader = self._feature_loader(settings, self.dataset.val, self.tfm_test, 1,
-                                                        self.val_loader, "val")
-        self.data.test_loader = self._feature_loader(settings, self.dataset.test, self.tfm_test, 1,
-                                                     self.test_loader, "test")
+        if self.val_loader is not None:  # built at the first evaluation (a run that never tests encodes no test image)
+            self.data.val_loader = LazyLoader(self._feature_loader, settings, self.dataset.val, self.tfm_test, 1,
+                                              self.val_loader, "val")
+        self.data.test_loader = LazyLoader(self._feature_loader, settings, self.dataset.test, self.tfm_test, 1,
+                                           self.test_loader, "test")
 
     def _feature_loader(self, settings: fc.CacheSettings, data, transform, views: int, image_loader,
                         split: str) -> fc.FeatureLoader:

@@ -11,6 +11,10 @@ A generator may define ``from_config(node) -> dict``: its own keyword arguments 
 trainer's config node (keys the node does not have take the constructor's defaults). The shared
 builder (:func:`trainers.components.prompt_learner.build_prompt_learner`) calls it, so a new
 generator with new keys needs no change to any trainer's ``build_model``.
+
+A generator whose output never depends on ``img_feat`` sets the class attribute
+``image_independent = True``: evaluation then encodes the class prompts once instead of once per
+batch (a generator without the attribute is treated as image-dependent).
 """
 from __future__ import annotations
 
@@ -36,6 +40,9 @@ def _init_ctx(n_rows: int, n_ctx: int, ctx_dim: int, init: Optional[torch.Tensor
 @CONTEXT_GENERATORS.register()
 class StaticContext(nn.Module):
     """CoOp: learnable context shared by all classes, or class-specific (``csc``)."""
+
+    #: the context ignores the image: class text features can be computed once per evaluation
+    image_independent = True
 
     def __init__(
         self, n_ctx: int, ctx_dim: int, n_cls: int, init: Optional[torch.Tensor] = None,
@@ -66,6 +73,8 @@ class ConditionalContext(nn.Module):
     ``meta_net = Linear(vis_dim, vis_dim // hidden_ratio) -> ReLU [-> Dropout] -> Linear(.., ctx_dim)``;
     ``ctx_i = ctx + meta_net(img_feat_i)`` for every context token.
     """
+
+    image_independent = False
 
     def __init__(
         self, n_ctx: int, ctx_dim: int, vis_dim: int, init: Optional[torch.Tensor] = None,

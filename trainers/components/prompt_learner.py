@@ -159,6 +159,8 @@ class PromptedCLIP(nn.Module):
         super().__init__()
         self.clip = clip
         self.prompt_learner = prompt_learner
+        self.reuse_text_features = True  # False: encode the class prompts on every batch (benchmarks)
+        self._text_memo: Optional[Tuple[tuple, torch.Tensor]] = None
 
     def train(self, mode: bool = True) -> "PromptedCLIP":
         super().train(mode)
@@ -175,8 +177,28 @@ class PromptedCLIP(nn.Module):
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.clip.encode_image(images), dim=-1)
 
+    def _memo_key(self) -> tuple:
+        """Changes whenever a weight, the device/dtype or the autocast state changes."""
+        autocast = tuple(torch.is_autocast_enabled(d) for d in ("cpu", "cuda"))
+        return autocast + tuple((id(t), t._version, t.device, t.dtype)
+                                for t in (*self.parameters(), *self.prompt_learner.buffers()))
+
+    def eval_text_features(self, img_feat: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:meth:`text_features`, computed once and reused while no gradient is recorded and the
+        context is image-independent (``context.image_independent``): an evaluation encodes the C
+        class prompts once, not once per batch. Recomputed when any weight changes (optimizer step,
+        loaded checkpoint: tracked by the tensors' version counters), or the autocast state changes."""
+        if not (self.reuse_text_features and not torch.is_grad_enabled()
+                and getattr(self.prompt_learner.context, "image_independent", False)):
+            return self.text_features(img_feat)
+        key = self._memo_key()
+        if self._text_memo is None or self._text_memo[0] != key:
+            self._text_memo = None  # free the old features first
+            self._text_memo = (key, self.text_features(None))
+        return self._text_memo[1]
+
     def logits_from_features(self, img: torch.Tensor) -> torch.Tensor:
-        txt = self.text_features(img)
+        txt = self.eval_text_features(img)
         scale = self.clip.logit_scale.exp()
         if txt.shape[0] == 1:
             return scale * img @ txt[0].t()
