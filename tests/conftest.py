@@ -79,3 +79,11 @@ def engine_lrs(opts: List[str], epochs: int) -> List[float]:
     merge_from_list(cfg, opts)
     opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.OPTIM)
     return step_lrs(opt, build_lr_scheduler(opt, cfg.OPTIM), epochs)
+
+
+def project_trainers():
+    """Names of the trainers registered by the project's own packages (``trainers.*``); test modules
+    may register trainers of their own (e.g. test_cli's NaNAtStepTwo) when they are collected."""
+    from trainers import TRAINER_REGISTRY
+
+    return [name for name, cls in TRAINER_REGISTRY.items() if cls.__module__.split(".")[0] == "trainers"]

@@ -15,11 +15,11 @@ import os
 
 import pytest
 
-from conftest import ROOT, read_metrics
+from conftest import ROOT, project_trainers, read_metrics
 from configs.config import merge_from_file, merge_from_list
-from trainers import TRAINER_REGISTRY, build_trainer, get_cfg
+from trainers import build_trainer, get_cfg
 
-TRAINERS = TRAINER_REGISTRY.names()
+TRAINERS = project_trainers()
 DS = os.path.join(ROOT, "configs", "datasets")
 
 #: the dataset a trainer's tiny config is meant for, where it is not the synthetic emotion images; a data

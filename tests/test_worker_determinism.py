@@ -14,7 +14,7 @@ import os
 import pytest
 
 from conftest import ROOT, SYN_CFG, run_cli
-from trainers.registry import TRAINER_REGISTRY
+from conftest import project_trainers
 
 DS = os.path.join(ROOT, "configs/datasets")
 SMALL = ["DATASET.SYNTHETIC.N_TRAIN_PER_CLASS", "4", "DATASET.SYNTHETIC.N_VAL_PER_CLASS", "2",
@@ -44,8 +44,7 @@ LOADERS = [("0", "2"), ("1", "4"), ("2", "2")]
 
 
 def test_every_registered_trainer_is_covered():
-    assert sorted(PLANS) == sorted(TRAINER_REGISTRY._obj_map if hasattr(TRAINER_REGISTRY, "_obj_map")
-                                   else TRAINER_REGISTRY.names())
+    assert sorted(PLANS) == sorted(project_trainers())
 
 
 @pytest.fixture(scope="module")
