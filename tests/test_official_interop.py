@@ -137,7 +137,9 @@ def test_older_emolab_names_still_load(env, tmp_path, monkeypatch):
     """A prompt-learner file written before the official names (``context.ctx``) loads unchanged."""
     seen = _spy(monkeypatch)
     fixture = os.path.join(ref.FIXTURES, "coop")
-    official = torch.load(os.path.join(fixture, "prompt_learner", "model.pth.tar-2"), weights_only=True)
+    from trainers.engine.checkpoint import load_checkpoint
+
+    official = load_checkpoint(os.path.join(fixture, "prompt_learner", "model.pth.tar-2"))
     old_dir = tmp_path / "old" / "prompt_learner"
     old_dir.mkdir(parents=True)
     torch.save({"state_dict": {"context.ctx": official["state_dict"]["ctx"].unsqueeze(0)}, "epoch": 2},
