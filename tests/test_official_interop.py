@@ -133,7 +133,8 @@ def test_official_checkpoint_through_train_py_gives_the_logits_the_official_code
     assert sorted(paths) == sorted(official["impaths"]) and len(paths) == 12
     theirs = official["logits"][[official["impaths"].index(q) for q in paths]]
     diff = (ours - theirs).abs().max().item()
-    print(f"{which}: official checkpoint through train.py --eval-only vs the official code's logits, max |diff| = {diff:.3g}")
+    print(f"{which}: official checkpoint through train.py --eval-only vs the official code's logits, "
+          f"max |logit diff| = {diff:.3g}")
     assert diff <= TOL
 
 
