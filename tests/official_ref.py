@@ -15,6 +15,7 @@ by ``load_state_dict(strict=False)``. Nothing here is imported by EmoLab.
 from __future__ import annotations
 
 import os
+import pickle
 from collections import OrderedDict
 from typing import Dict, List, Optional
 
@@ -306,9 +307,17 @@ class CoCoOpModel(nn.Module):
 def load_model(module: nn.Module, directory: str, epoch: Optional[int] = None, name: str = "prompt_learner") -> None:
     """The official trainers' ``load_model`` for one model: the best file unless ``epoch``; the token
     buffers deleted; ``load_state_dict(strict=False)`` (Dassl reads the file with ``torch.load``; here
-    with ``weights_only=True``, which EmoLab's files must pass)."""
+    with ``weights_only=True``, which EmoLab's files must pass). A file the official trainer wrote holds
+    its pickled warm-up scheduler, which ``weights_only=True`` refuses and whose classes (Dassl's) are not
+    installed here: its tensors are read with EmoLab's restricted reader (``read_dassl_checkpoint``)."""
     fname = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
-    ckpt = torch.load(os.path.join(directory, name, fname), map_location="cpu", weights_only=True)
+    path = os.path.join(directory, name, fname)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        from trainers.engine.checkpoint import read_dassl_checkpoint
+
+        ckpt = read_dassl_checkpoint(path)
     state = ckpt["state_dict"]
     state.pop("token_prefix", None)
     state.pop("token_suffix", None)

@@ -7,7 +7,10 @@
   ``parse_test_res.py --test-log`` wants; CSC with CTX_INIT builds the official generic context;
   the converter's defaults; a CLIP's architecture inferred from an OpenAI state dict.
 
-The official side is ``tests/official_ref.py`` (see its docstring).
+The official checkpoints and ``official_logits.pt`` were written by the official CoOp / Dassl code itself
+(``tests/fixtures/make_official_coop_real.py``); where a test needs the official model at test time
+(EmoLab's files in ``load_model``, other CLIPs, other settings), the official side is
+``tests/official_ref.py`` (see its docstring), since the official repositories are not installed here.
 """
 from __future__ import annotations
 
@@ -114,6 +117,28 @@ def test_official_checkpoint_through_train_py_on_jpegs_gives_the_official_logits
 
 
 @pytest.mark.parametrize("which", ["coop", "cocoop"])
+def test_official_checkpoint_through_train_py_gives_the_logits_the_official_code_computed(which, env, tmp_path,
+                                                                                          monkeypatch):
+    """Against the official code itself: ``official_logits.pt`` is what CoOp / CoCoOp's trainer (with
+    Dassl's test loader) computed for its own checkpoint on the committed JPEGs
+    (``tests/fixtures/make_official_coop_real.py``)."""
+    seen = _spy(monkeypatch)
+    data = os.path.join(ref.FIXTURES, "eval_data")
+    fixture = os.path.join(ref.FIXTURES, which)
+    official = torch.load(os.path.join(fixture, "official_logits.pt"), weights_only=True)
+    assert run_cli(_args(SimpleNamespace(root=data, clip_file=env.clip_file), which, tmp_path / "eval", "--eval-only",
+                         "--model-dir", fixture, "--load-epoch", "2")) == 0
+    trainer, ours = seen["trainer"], seen["logits"][-1]
+    paths = [os.path.relpath(d.impath, data) for d in trainer.dataset.test]
+    assert sorted(paths) == sorted(official["impaths"]) and len(paths) == 12
+    theirs = official["logits"][[official["impaths"].index(q) for q in paths]]
+    diff = (ours - theirs).abs().max().item()
+    print(f"{which}: official checkpoint through train.py --eval-only vs the official code's logits, "
+          f"max |logit diff| = {diff:.3g}")
+    assert diff <= TOL
+
+
+@pytest.mark.parametrize("which", ["coop", "cocoop"])
 def test_emolab_checkpoint_in_the_official_load_model_gives_emolab_logits(which, env, tmp_path, monkeypatch):
     seen = _spy(monkeypatch)
     out = tmp_path / "run"
@@ -137,7 +162,9 @@ def test_older_emolab_names_still_load(env, tmp_path, monkeypatch):
     """A prompt-learner file written before the official names (``context.ctx``) loads unchanged."""
     seen = _spy(monkeypatch)
     fixture = os.path.join(ref.FIXTURES, "coop")
-    official = torch.load(os.path.join(fixture, "prompt_learner", "model.pth.tar-2"), weights_only=True)
+    from trainers.engine.checkpoint import load_checkpoint
+
+    official = load_checkpoint(os.path.join(fixture, "prompt_learner", "model.pth.tar-2"))
     old_dir = tmp_path / "old" / "prompt_learner"
     old_dir.mkdir(parents=True)
     torch.save({"state_dict": {"context.ctx": official["state_dict"]["ctx"].unsqueeze(0)}, "epoch": 2},
