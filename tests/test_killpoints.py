@@ -253,23 +253,35 @@ def test_sigkill_during_caption_embedding_write(tmp_path):
 
 
 def test_sigkill_during_eval_only_records_write(tmp_path, data_root):
-    """An ``--eval-only`` run killed with half of its ``eval.jsonl`` line written: the rerun's records are
-    whole lines, the cut line is gone, and they equal those of an uninterrupted ``--eval-only`` run."""
+    """An ``--eval-only`` run killed with half of its ``eval.jsonl`` line written: the run's own files are
+    untouched, the cut record is never read as one, and the next evaluation (a new ``RUN/eval/<time>``
+    folder) writes whole records equal to those of an uninterrupted ``--eval-only`` run."""
+    import glob
+    import shutil
+
+    from utils.fileio import read_records
+
     def ev(out, *flags):
         return [*flags] + trainer_args("CoOp", data_root, out, str(tmp_path / "cache"))
 
+    def evals(run):
+        return sorted(glob.glob(str(run / "eval" / "*" / "eval.jsonl")))
+
+    def whole(path):
+        return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in open(path).read().splitlines()]
+
     ref, out = tmp_path / "ref", tmp_path / "killed"
     assert run_cli(ev(ref)) == 0
-    import shutil
-
     shutil.copytree(ref, out)
+    before = {p: open(p, "rb").read() for p in glob.glob(str(out / "*")) if os.path.isfile(p)}
     assert run_cli(ev(ref, "--eval-only")) == 0
     r = _subprocess(ev(out, "--eval-only"), {"EMOLAB_KILL_AT": "append:eval.jsonl"})
     assert r.returncode == -9, r.stderr[-2000:]
-    cut = (out / "eval.jsonl").read_bytes()
+    [killed] = evals(out)
+    cut = open(killed, "rb").read()
     assert cut and not cut.endswith(b"\n")  # the kill fell inside the line
+    assert read_records(killed) == []  # a cut line is never read as a record
     assert run_cli(ev(out, "--eval-only")) == 0
-    lines = (out / "eval.jsonl").read_text().splitlines()
-    got = [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
-    want = [{k: v for k, v in json.loads(line).items() if k != "time"} for line in (ref / "eval.jsonl").read_text().splitlines()]
-    assert got == want
+    after = [p for p in evals(out) if p != killed]
+    assert len(after) == 1 and whole(after[0]) == whole(evals(ref)[0])
+    assert {p: open(p, "rb").read() for p in before} == before  # the training's files are untouched
