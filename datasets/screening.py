@@ -14,6 +14,7 @@ import logging
 import os
 from typing import Dict, Optional, Sequence, Tuple
 
+from utils.errors import WriteError
 from utils.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -65,5 +66,5 @@ def save(path: str, passed: Dict[str, Stamp]) -> None:
 
     try:
         atomic_write(path, write)
-    except OSError as e:
+    except (OSError, WriteError) as e:  # a read-only dataset folder, or a file where a folder should be
         logger.info(f"image screening memo not written ({e}): the next start checks every image again")
