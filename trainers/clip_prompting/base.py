@@ -6,6 +6,7 @@ import os
 from typing import Any, Dict
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.errors import ConfigError
@@ -161,7 +162,8 @@ class ClipTrainerBase(TrainerBase):
                         split: str) -> fc.FeatureLoader:
         from trainers.engine import dist
 
-        model = self.model
+        # val/test features are built lazily, at the first evaluation: by then DDP may wrap the model
+        model = self.model.module if isinstance(self.model, nn.parallel.DistributedDataParallel) else self.model
         key = {
             "encoder": self._encoder_fingerprint,
             "transform": repr(transform),
