@@ -50,27 +50,26 @@ class FusedQuickGELU(_open_clip_quick_gelu()):
         return quick_gelu(x)
 
 
+def _swap(model: nn.Module, old: type, new: type) -> int:
+    """Replace every sub-module of exactly type ``old`` by ``new()``; the count."""
+    n = 0
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if type(child) is old:
+                setattr(parent, name, new())
+                n += 1
+    return n
+
+
 def fuse_quick_gelu(model: nn.Module) -> int:
     """Replace every open_clip ``QuickGELU`` module of ``model`` by :class:`FusedQuickGELU`; the count."""
     from open_clip.transformer import QuickGELU
 
-    n = 0
-    for parent in model.modules():
-        for name, child in list(parent.named_children()):
-            if type(child) is QuickGELU:
-                setattr(parent, name, FusedQuickGELU())
-                n += 1
-    return n
+    return _swap(model, QuickGELU, FusedQuickGELU)
 
 
 def unfuse_quick_gelu(model: nn.Module) -> int:
     """The inverse of :func:`fuse_quick_gelu` (benchmarks compare the two in one process)."""
     from open_clip.transformer import QuickGELU
 
-    n = 0
-    for parent in model.modules():
-        for name, child in list(parent.named_children()):
-            if type(child) is FusedQuickGELU:
-                setattr(parent, name, QuickGELU())
-                n += 1
-    return n
+    return _swap(model, FusedQuickGELU, QuickGELU)

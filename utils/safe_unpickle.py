@@ -37,7 +37,7 @@ import os
 import pickle
 import warnings
 import zipfile
-from typing import Any, Callable, Dict, Iterable, List, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Tuple
 
 import torch
 
@@ -349,9 +349,9 @@ def strip_stubs(obj: Any) -> Any:
     return obj
 
 
-def stub_names(obj: Any) -> List[str]:
-    """Qualified names of the stubs inside ``obj`` (sorted; shared and cyclic references visited once)."""
-    found: set = set()
+def walk(obj: Any) -> Iterator[Any]:
+    """Every object reachable from ``obj`` through dicts (values), lists, tuples, sets and :class:`Stub`
+    arguments and state, each once (shared and cyclic references visited once)."""
     seen: set = set()
     todo = [obj]
     while todo:
@@ -359,14 +359,18 @@ def stub_names(obj: Any) -> List[str]:
         if id(cur) in seen:
             continue
         seen.add(id(cur))
+        yield cur
         if isinstance(cur, Stub):
-            found.add(cur.qualname)
             todo += [cur.args, cur.kwargs, cur.state]
         elif isinstance(cur, dict):
             todo += list(cur.values())
         elif isinstance(cur, (list, tuple, set, frozenset)):
             todo += list(cur)
-    return sorted(found)
+
+
+def stub_names(obj: Any) -> List[str]:
+    """Qualified names of the stubs inside ``obj`` (sorted)."""
+    return sorted({cur.qualname for cur in walk(obj) if isinstance(cur, Stub)})
 
 
 # ------------------------------------------------------------------ plain pickles
@@ -495,22 +499,10 @@ def check_torch_file(path: str) -> Budget:
 
 
 def check_tensor_sizes(obj: Any, budget: Budget) -> None:
-    """Charge ``budget`` for every tensor in ``obj`` (dicts, lists, tuples walked) larger than its
-    storage: a stride-0 view of a few stored values costs nothing to load, its full size once copied."""
-    seen: set = set()
-    todo = [obj]
-    while todo:
-        cur = todo.pop()
-        if id(cur) in seen:
-            continue
-        seen.add(id(cur))
-        if isinstance(cur, torch.Tensor):
-            if cur.layout != torch.strided or cur.device.type == "meta":
-                continue
+    """Charge ``budget`` for every tensor in ``obj`` (containers walked) larger than its storage: a
+    stride-0 view of a few stored values costs nothing to load, its full size once copied."""
+    for cur in walk(obj):
+        if isinstance(cur, torch.Tensor) and cur.layout == torch.strided and cur.device.type != "meta":
             logical = cur.numel() * cur.element_size()
             if logical > cur.untyped_storage().nbytes():
                 budget.charge(logical, f"a tensor of shape {list(cur.shape)} over {cur.untyped_storage().nbytes()} stored bytes")
-        elif isinstance(cur, dict):
-            todo += list(cur.values())
-        elif isinstance(cur, (list, tuple, set, frozenset)):
-            todo += list(cur)
