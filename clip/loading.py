@@ -75,6 +75,28 @@ def _build(arch: str, quick_gelu: bool, preprocess: Optional[Dict[str, Any]]) ->
         raise ConfigError(f"could not build CLIP architecture {arch}: {_one_line(exc)}") from None
 
 
+def sequence_first(model: torch.nn.Module) -> None:
+    """Run both transformers of an open_clip ``CLIP`` in OpenAI's sequence-first layout ([L, N, D]).
+
+    open_clip computes attention batch-first; OpenAI's CLIP (which CoOp / CoCoOp run) sequence-first.
+    The values are the same math, but PyTorch's attention without a mask (the image tower) rounds
+    differently for the two memory layouts (up to ~2e-6 per layer here), which is enough to move the
+    official code's logits by ~5e-6. OpenAI weights therefore run in OpenAI's layout, so that their
+    image features equal the official code's bit for bit (``tests/test_official_interop.py``); on the
+    CPU it is no slower (ViT-B/16, batch 16: 0.95x the batch-first time). Callers keep passing
+    [N, L, D] (``clip/text.py: run_transformer``): open_clip's ``Transformer`` transposes inside.
+    """
+    for transformer in (getattr(model, "visual", None) and model.visual.transformer, getattr(model, "transformer", None)):
+        if transformer is None or not hasattr(transformer, "batch_first"):
+            continue
+        attns = [getattr(block, "attn", None) for block in transformer.resblocks]
+        if not all(isinstance(a, torch.nn.MultiheadAttention) for a in attns):
+            continue  # custom attention blocks keep open_clip's layout
+        transformer.batch_first = False
+        for attn in attns:
+            attn.batch_first = False
+
+
 def load_clip(
     name: str,
     pretrained: str = "",
@@ -142,6 +164,8 @@ def load_clip(
         from .activations import fuse_quick_gelu
 
         fuse_quick_gelu(model)
+    if (weights is not None and weights.openai) or pretrained.lower() == "openai":
+        sequence_first(model)
     model = model.float().to(device).eval()
     for param in model.parameters():
         param.requires_grad_(False)
