@@ -10,7 +10,7 @@ import copy
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Collection, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from utils.errors import DatasetError
 from utils.registry import Registry
@@ -103,6 +103,7 @@ class DatasetBase:
         self._task = task
         self._name = name or type(self).__name__
         self._root = os.path.abspath(root) if root else ""
+        self._existing: Collection[str] = frozenset()  # image files this start found (with_existing)
         for split, data in (("train", self._train_x), ("val", self._val), ("test", self._test)):
             _validate(data, split, len(self._classnames), self._name)
 
@@ -164,6 +165,18 @@ class DatasetBase:
                 f"(missing: {sorted(needed - self._targets)})"
             )
 
+    @property
+    def existing_files(self) -> Collection[str]:
+        """Image paths the start-up screening found as regular files in this process (a later
+        existence check skips them; every other path is checked on disk)."""
+        return getattr(self, "_existing", frozenset())
+
+    def with_existing(self, paths: Collection[str]) -> "DatasetBase":
+        """This dataset, remembering that ``paths`` exist (see :attr:`existing_files`)."""
+        new = copy.copy(self)
+        new._existing = paths
+        return new
+
     def replace(self, **changes: Any) -> "DatasetBase":
         """A shallow copy of this dataset (same class) with some fields replaced and re-validated.
 
@@ -192,14 +205,19 @@ class DatasetBase:
         raise NotImplementedError(f"{cls.__name__} does not implement from_config")
 
 
-def check_images(data: Iterable[Datum], max_shown: int = 3) -> None:
-    """Cheap start-up check that every image file exists.
+def missing_files_check(missing: Sequence[str], total: int, max_shown: int = 3) -> None:
+    """Raise the start-up error for ``missing`` image files (of ``total``); nothing when none."""
+    if missing:
+        shown = ", ".join(missing[:max_shown]) + (", ..." if len(missing) > max_shown else "")
+        raise DatasetError(f"{len(missing)} image file(s) missing (of {total}), e.g. {shown}")
+
+
+def check_images(data: Iterable[Datum], max_shown: int = 3, known: Collection[str] = frozenset()) -> None:
+    """Cheap start-up check that every image file exists (``known``: paths found this start already).
 
     Raises:
         DatasetError: "N image files are missing (of M), e.g. a, b, c".
     """
     data = list(data)
-    missing = [d.impath for d in data if not os.path.isfile(d.impath)]
-    if missing:
-        shown = ", ".join(missing[:max_shown]) + (", ..." if len(missing) > max_shown else "")
-        raise DatasetError(f"{len(missing)} image file(s) missing (of {len(data)}), e.g. {shown}")
+    missing_files_check([d.impath for d in data if d.impath not in known and not os.path.isfile(d.impath)], len(data),
+                        max_shown)

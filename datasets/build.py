@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from utils.errors import ConfigError, DatasetError
+from utils.gcpause import gc_paused
 
 from .base import DATASET_REGISTRY, TASKS, DatasetBase, check_images
 from .fewshot import sample_fewshot, subsample_classes
@@ -65,7 +66,7 @@ def prepare_dataset(
         raise DatasetError(f"dataset {ds.name}: no training items left (NUM_SHOTS={num_shots}, SUBSAMPLE_CLASSES={subsample})")
     ds = ds.replace(train_x=train, val=val, test=test, classnames=names)
     if check_files:
-        check_images(ds.train_x + ds.val + ds.test)
+        check_images(ds.train_x + ds.val + ds.test, known=ds.existing_files)  # screened files: not again
     return ds
 
 
@@ -73,21 +74,24 @@ def build_dataset(cfg: Any) -> DatasetBase:
     """``DATASET_REGISTRY.get(cfg.DATASET.NAME).from_config(cfg)`` followed by :func:`prepare_dataset`.
 
     Reads DATASET.{NAME, NUM_SHOTS, SUBSAMPLE_CLASSES, TASK} and SEED (< 0 samples with seed 0).
+    The cyclic garbage collector is paused meanwhile (``utils/gcpause.py``).
     """
-    if not cfg.DATASET.NAME:
-        raise ConfigError(f"DATASET.NAME is empty (registered datasets: {', '.join(DATASET_REGISTRY.names())})")
-    cls = DATASET_REGISTRY.get(cfg.DATASET.NAME)
-    ds = cls.from_config(cfg)
-    ds = kfold_from_cfg(ds, cfg)  # DATASET.KFOLD (datasets/kfold.py); a no-op when off
-    if cfg.DATASET.NUM_SHOTS > 0 and cfg.SEED < 0:
-        logger.info("SEED < 0: the few-shot split uses seed 0")
-    ds = prepare_dataset(
-        ds,
-        num_shots=int(cfg.DATASET.NUM_SHOTS),
-        seed=int(cfg.SEED),
-        subsample=str(cfg.DATASET.SUBSAMPLE_CLASSES),
-        task=str(cfg.DATASET.TASK),
-    )
-    ds.check_not_empty()
-    logger.info("%r", ds)
-    return ds
+    with gc_paused():  # hundreds of thousands of small objects: no full collections over torch's heap
+        if not cfg.DATASET.NAME:
+            raise ConfigError(f"DATASET.NAME is empty (registered datasets: {', '.join(DATASET_REGISTRY.names())})")
+        cls = DATASET_REGISTRY.get(cfg.DATASET.NAME)
+        ds = cls.from_config(cfg)
+        ds = kfold_from_cfg(ds, cfg)  # DATASET.KFOLD (datasets/kfold.py); a no-op when off
+        if cfg.DATASET.NUM_SHOTS > 0 and cfg.SEED < 0:
+            logger.info("SEED < 0: the few-shot split uses seed 0")
+        ds = prepare_dataset(
+            ds,
+            num_shots=int(cfg.DATASET.NUM_SHOTS),
+            seed=int(cfg.SEED),
+            subsample=str(cfg.DATASET.SUBSAMPLE_CLASSES),
+            task=str(cfg.DATASET.TASK),
+        )
+        ds.check_not_empty()
+        logger.info("%r", ds)
+        return ds
+

@@ -36,14 +36,24 @@ def atomic_write_json(obj: Any, path: str) -> None:
 
 def relative_path(impath: str, root: str) -> str:
     """``impath`` relative to ``root`` with "/" separators; DatasetError if it is outside ``root``."""
+    return relative_paths([impath], root)[0]
+
+
+def relative_paths(impaths: Sequence[str], root: str) -> List[str]:
+    """:func:`relative_path` of each path (the root is resolved once: start-up matches 100k paths)."""
     root_abs = os.path.abspath(root)
     prefix = root_abs.rstrip(os.sep) + os.sep
-    if impath.startswith(prefix) and os.path.normpath(impath) == impath:  # fast path: already normalised, inside
-        return impath[len(prefix):].replace(os.sep, "/")
-    abs_path = os.path.abspath(impath)
-    if os.path.commonpath([root_abs, abs_path]) != root_abs:
-        raise DatasetError(f"image {impath} is outside the dataset folder {root_abs}")
-    return os.path.relpath(abs_path, root_abs).replace(os.sep, "/")
+    n = len(prefix)
+    out = []
+    for impath in impaths:
+        if impath.startswith(prefix) and os.path.normpath(impath) == impath:  # fast path: normalised, inside
+            out.append(impath[n:].replace(os.sep, "/") if os.sep != "/" else impath[n:])
+            continue
+        abs_path = os.path.abspath(impath)
+        if os.path.commonpath([root_abs, abs_path]) != root_abs:
+            raise DatasetError(f"image {impath} is outside the dataset folder {root_abs}")
+        out.append(os.path.relpath(abs_path, root_abs).replace(os.sep, "/"))
+    return out
 
 
 def resolve_path(rel_path: str, root: str, source: str) -> str:

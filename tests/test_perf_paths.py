@@ -215,7 +215,8 @@ def test_screening_opens_only_new_or_changed_files_and_keeps_the_bad_image_error
     opened = []
     probe = image_check.probe_image
     monkeypatch.setattr(image_check, "probe_image", lambda p, mode: opened.append(p) or probe(p, mode))
-    assert image_check.screen_images(ds, "header", skip=False) is ds
+    screened = image_check.screen_images(ds, "header", skip=False)
+    assert (screened.train_x, screened.test) == (ds.train_x, ds.test) and set(screened.existing_files) == set(paths)
     assert sorted(opened) == sorted(paths) and os.path.isfile(tmp_path / ".screening_header.json")
     opened.clear()
     image_check.screen_images(ds, "header", skip=False)
@@ -233,6 +234,65 @@ def test_screening_opens_only_new_or_changed_files_and_keeps_the_bad_image_error
     with pytest.raises(DatasetError) as again:  # a bad file is never remembered
         image_check.screen_images(ds, "header", skip=False)
     assert opened == [paths[2]] and str(again.value) == msg
+
+
+def test_warm_screening_reads_only_the_memo_header_and_old_memos_screen_once(tmp_path, monkeypatch):
+    """Version 2 memo: a start whose files all match the header's digest reads one line; a touched
+    file sends it to the per-file table (only that file is opened); a version-1 memo is no memo."""
+    import json
+    import os
+
+    from datasets import screening
+    from datasets.formats import image_check
+
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"img{i}.png"
+        Image.new("RGB", (4, 4), (i * 50, 0, 0)).save(p)
+        paths.append(str(p))
+    memo = str(tmp_path / ".screening_header.json")
+    opened = []
+    probe = image_check.probe_image
+    monkeypatch.setattr(image_check, "probe_image", lambda p, mode: opened.append(p) or probe(p, mode))
+    assert image_check.find_bad_images(paths, "header", memo=memo) == [] and sorted(opened) == sorted(paths)
+    with open(memo, encoding="utf-8") as f:
+        head, table = json.loads(f.readline()), json.loads(f.readline())
+    now = screening.stamps(paths)
+    assert head == {"version": 2, "digest": screening.digest(now), "count": 5}
+    assert table == {p: list(now[p]) for p in paths}
+    loads = []
+    real_load = screening.load
+    monkeypatch.setattr(screening, "load", lambda path: loads.append(path) or real_load(path))
+    opened.clear()
+    assert image_check.find_bad_images(paths, "header", memo=memo) == []
+    assert opened == [] and loads == []  # the header alone: no per-file table parsed
+    st = os.stat(paths[3])
+    os.utime(paths[3], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a new time, same content
+    assert image_check.find_bad_images(paths, "header", memo=memo) == []
+    assert opened == [paths[3]] and loads == [memo]
+    with open(memo, "w", encoding="utf-8") as f:  # a memo of version 1 (one JSON object)
+        json.dump({"version": 1, "passed": {p: list(s) for p, s in screening.stamps(paths).items()}}, f)
+    opened.clear()
+    assert image_check.find_bad_images(paths, "header", memo=memo) == [] and sorted(opened) == sorted(paths)
+
+
+def test_screened_files_are_not_checked_for_existence_again(tmp_path, monkeypatch):
+    """One stat per file per start: the existence check after screening skips the screened paths,
+    and still names a path it was not told about."""
+    import os
+
+    from datasets.base import check_images, Datum
+    from utils.errors import DatasetError
+
+    p = tmp_path / "a.png"
+    Image.new("RGB", (4, 4)).save(p)
+    calls = []
+    real = os.path.isfile
+    monkeypatch.setattr(os.path, "isfile", lambda q: calls.append(q) or real(q))
+    check_images([Datum(impath=str(p))], known={str(p)})
+    assert calls == []
+    with pytest.raises(DatasetError, match=r"^1 image file\(s\) missing \(of 2\), e.g. .*gone.png$"):
+        check_images([Datum(impath=str(p)), Datum(impath=str(tmp_path / "gone.png"))], known={str(p)})
 
 
 def test_unwritable_dataset_folder_screens_every_start(tmp_path, monkeypatch):

@@ -254,7 +254,7 @@ def eval_classes(args, extra_opts: List[str]) -> List[Dict[str, Any]]:
     from datasets.loader import ShardSampler
     from trainers.clip_prompting.base import LazyLoader
     from trainers.components.prompt_learner import PromptLearner
-    from trainers.engine import feature_cache as fc
+    from trainers.clip_prompting import feature_cache as fc
     from trainers.engine.utils import to_device
 
     trainer = build(args, extra_opts + (["CACHE.FEATURES", "off"] if args.eval_source == "images" else []))

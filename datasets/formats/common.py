@@ -25,7 +25,7 @@ from utils.errors import ConfigError, DatasetError
 from configs.registry import register_config
 
 from datasets.base import Datum
-from datasets.splits import SPLITS, read_split_json, relative_path, write_split
+from datasets.splits import SPLITS, read_split_json, relative_paths, write_split
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +129,7 @@ def _keys(data: Sequence[Datum], root: str) -> List[Tuple[str, int]]:
     """(relative path, occurrence) per item, so repeated paths stay distinct."""
     seen: Dict[str, int] = defaultdict(int)
     out = []
-    for d in data:
-        rel = relative_path(d.impath, root)
+    for rel in relative_paths([d.impath for d in data], root):
         out.append((rel, seen[rel]))
         seen[rel] += 1
     return out

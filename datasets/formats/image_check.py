@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from utils.errors import DatasetError
 
-from datasets.base import DatasetBase, Datum, check_images
+from datasets.base import DatasetBase, Datum, missing_files_check
 from datasets.formats.common import NativeOptions, check_image_mode
 
 logger = logging.getLogger(__name__)
@@ -39,20 +39,26 @@ def probe_image(path: str, mode: str) -> Optional[str]:
     return None
 
 
-def find_bad_images(paths: Sequence[str], mode: str, workers: int = 8, memo: str = "") -> List[Tuple[str, str]]:
+def find_bad_images(paths: Sequence[str], mode: str, workers: int = 8, memo: str = "",
+                    now: Optional[Dict[str, Optional[Tuple[int, int]]]] = None) -> List[Tuple[str, str]]:
     """[(path, reason)] of the files failing the ``mode`` check, in input order (no check for "exists").
-    With ``memo`` (a file: ``datasets/screening.py``) files that passed before, unchanged, are not opened."""
+    With ``memo`` (a file: ``datasets/screening.py``) files that passed before, unchanged, are not opened;
+    ``now``: their stamps when the caller has them already (one ``stat`` per file per start)."""
     if mode == "exists" or not paths:
         return []
     from datasets import screening
 
     unique = list(dict.fromkeys(paths))
-    now = screening.stamps(unique) if memo else {}
+    if memo:
+        now = {p: now[p] for p in unique} if now is not None and len(now) != len(unique) else now
+        now = now if now is not None else screening.stamps(unique)
+        if screening.all_passed(memo, now):  # the warm start: one line read, no image opened
+            return []
     known = screening.load(memo)
     todo = [p for p in unique if not memo or now[p] is None or known.get(p) != now[p]]
     reasons = _probe_all(todo, mode, workers)
     if memo and todo:
-        screening.save(memo, {p: now[p] for p in unique if reasons.get(p) is None and now[p] is not None})
+        screening.save(memo, {p: now[p] for p in unique if reasons.get(p) is None and now[p] is not None}, now)
     return [(p, reasons[p]) for p in unique if reasons.get(p) is not None]
 
 
@@ -77,10 +83,13 @@ def screen_images(ds: DatasetBase, mode: str, skip: bool) -> DatasetBase:
     check_image_mode(mode)
     splits: Dict[str, List[Datum]] = {"train_x": ds.train_x, "val": ds.val, "test": ds.test}
     every = [d for data in splits.values() for d in data]
-    check_images(every, max_shown=MAX_SHOWN)
-    bad = find_bad_images([d.impath for d in every], mode, memo=screening_memo(ds, mode))
+    from datasets import screening
+
+    now = screening.stamps(dict.fromkeys(d.impath for d in every))  # one stat per file: existence and memo key
+    missing_files_check([p for p, s in now.items() if s is None], len(every))
+    bad = find_bad_images(list(now), mode, memo=screening_memo(ds, mode), now=now)
     if not bad:
-        return ds
+        return ds.with_existing(now)
     shown = "; ".join(f"{p} ({why})" for p, why in bad[:MAX_SHOWN]) + ("; ..." if len(bad) > MAX_SHOWN else "")
     if not skip:
         raise DatasetError(
@@ -93,7 +102,7 @@ def screen_images(ds: DatasetBase, mode: str, skip: bool) -> DatasetBase:
     logger.warning("dataset %s: skipped %d unreadable image(s) (%s), e.g. %s", ds.name, len(bad), counts, shown)
     if not kept["train_x"]:
         raise DatasetError(f"dataset {ds.name}: no readable training images left after skipping {len(bad)} unreadable one(s)")
-    return ds.replace(**kept)
+    return ds.replace(**kept).with_existing(now)
 
 
 def screening_memo(ds: DatasetBase, mode: str) -> str:

@@ -27,7 +27,7 @@ from datasets.base import DATASET_REGISTRY, DatasetBase, Datum
 from datasets.formats.csv_dataset import check_root
 from datasets.formats.image_check import screen_from_config
 from datasets.formats.common import DEFAULT_SPLIT_RATIOS, NativeOptions, list_images, report_ignored, saved_split, split_three
-from datasets.splits import read_split, read_split_json, relative_path, split_train_val, write_split
+from datasets.splits import read_split, read_split_json, relative_paths, split_train_val, write_split
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +70,14 @@ def scan_classes(split_dir: str, classnames: List[str], split: str, name: str = 
             raise DatasetError(f"class folder {os.path.join(split_dir, cname)} ({split}) is not a class of train/")
         images, other = list_images(entry.path)
         ignored += other
-        out += [Datum(impath=os.path.join(entry.path, f), label=index[cname], classname=cname) for f in images]
+        folder = entry.path + os.sep
+        out += [Datum(impath=folder + f, label=index[cname], classname=cname) for f in images]
     report_ignored(name, f"entr(ies) in {split_dir} that are not images in a class folder", ignored)
     return out
 
 
 def _key(data: List[Datum], root: str) -> List[Tuple[str, int]]:
-    return sorted((relative_path(d.impath, root), d.label) for d in data)
+    return sorted(zip(relative_paths([d.impath for d in data], root), (d.label for d in data)))
 
 
 def _check_nonempty(data: List[Datum], classnames: List[str], folder: str, name: str) -> None:
