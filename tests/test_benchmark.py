@@ -21,6 +21,53 @@ def test_benchmark_reference_and_json(tmp_path, data_root, capsys):
     assert whats == ["CoCoOp train", "CoCoOp train, reference cocoop-loop", "CoCoOp eval"]
     for r in res["results"]:
         assert r["images_per_s"] > 0 and 0 <= r["data_wait_share"] <= 1 and r["peak_mem_mb"] > 0
+    assert all(r["saved_for_backward_mb"] > 0 for r in res["results"][:2])  # the two training steps
     assert res["environment"]["torch"]
     assert "| CoCoOp train, reference cocoop-loop |" in capsys.readouterr().out
     assert os.path.isfile(os.path.join(ROOT, "tools", "benchmark.py"))
+
+
+def test_saved_for_backward_counts_distinct_activation_storages():
+    """Hand-computed: y = relu(x @ w) saves x (w excluded as a weight) and relu's output; x is
+    counted once although both ops could see it."""
+    import torch
+
+    from tools.benchmark import saved_for_backward_mb
+
+    lin = torch.nn.Linear(256, 512, bias=False)
+    x = torch.randn(1024, 256, requires_grad=True)
+
+    def step(batch):
+        torch.relu(lin(batch["x"])).sum().backward()
+
+    mb = saved_for_backward_mb(step, {"x": x}, exclude=lin)
+    assert mb == (1024 * 256 * 4 + 1024 * 512 * 4) / 2**20  # x, relu output (w: a parameter, not counted)
+    with_weights = saved_for_backward_mb(step, {"x": x})
+    assert with_weights == mb + 256 * 512 * 4 / 2**20
+
+
+def test_benchmark_scale_modes_run_and_write_their_rows(tmp_path, data_root):
+    """Each scale mode at toy sizes (format and invariants, not speed): the evaluation at two class
+    counts, the start-up at two folder sizes, the QuickGELU step, with a saved-for-backward column."""
+    from conftest import COOP_CFG
+    from tools import benchmark
+
+    common = ["--root", data_root, "--repeats", "1", "--threads", "1"]
+    out = tmp_path / "eval.json"
+    assert benchmark.main(["--trainer", "CoOp", "--config-file", COOP_CFG, "--eval-classes", "8", "16", "--eval-images",
+                           "64", "--test-batch-size", "16", "--json", str(out), *common, *SMALL_DATA]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert sorted((r["classes"], r["reuse"]) for r in rows) == [(8, False), (8, True), (16, False), (16, True)]
+    assert all(r["images"] == 64 and r["images_per_s"] > 0 for r in rows)
+    out = tmp_path / "startup.json"
+    assert benchmark.main(["--trainer", "CoOp", "--config-file", COOP_CFG, "--startup", "16", "48", "--json", str(out),
+                           *common]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["images"] for r in rows] == [16, 48] and rows[0]["warm_vs_smallest"] == 1.0
+    assert not any(r["test_features_built_at_start"] for r in rows)
+    out = tmp_path / "gelu.json"
+    assert benchmark.main(["--trainer", "CoCoOp", "--config-file", COCOOP_CFG, "--quickgelu", "--steps", "2",
+                           "--batch-size", "4", "--json", str(out), *common, *SMALL_DATA]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["what"].split(", ", 1)[1] for r in rows] == ["QuickGELU, three ops (open_clip)", "FusedQuickGELU"]
+    assert rows[1]["saved_for_backward_mb"] < rows[0]["saved_for_backward_mb"]  # one saved input instead of three

@@ -70,7 +70,26 @@ def count_syncs(step: Callable[[Dict[str, Any]], Any], batch: Dict[str, Any], de
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def time_loop(step: Callable[[Dict[str, Any]], Any], loader, device, steps: int, warmup: int) -> Dict[str, float]:
+def saved_for_backward_mb(step: Callable[[Dict[str, Any]], Any], batch: Dict[str, Any],
+                          exclude: Optional[torch.nn.Module] = None) -> float:
+    """MB autograd keeps for the backward pass of one ``step``: the distinct storages of the saved
+    tensors, without ``exclude``'s parameters and buffers (weights exist anyway: activations count)."""
+    skip = {t.untyped_storage().data_ptr() for t in (*exclude.parameters(), *exclude.buffers())} if exclude else set()
+    seen: Dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step(batch)
+    return sum(seen.values()) / 2**20
+
+
+def time_loop(step: Callable[[Dict[str, Any]], Any], loader, device, steps: int, warmup: int,
+              model: Optional[torch.nn.Module] = None) -> Dict[str, float]:
     """Run ``step`` on ``warmup + steps`` batches (cycling the loader); time the last ``steps``."""
     from trainers.engine.utils import to_device
 
@@ -94,8 +113,11 @@ def time_loop(step: Callable[[Dict[str, Any]], Any], loader, device, steps: int,
         if i >= warmup:
             bs = len(batch["index"])
             n_img, t_data, t_total = n_img + bs, t_data + (t1 - t0), t_total + (t2 - t0)
-    return {"images_per_s": n_img / t_total, "ms_per_step": 1000 * t_total / steps, "data_wait_share": t_data / t_total,
-            "syncs_per_step": count_syncs(step, batch, device)}
+    out = {"images_per_s": n_img / t_total, "ms_per_step": 1000 * t_total / steps, "data_wait_share": t_data / t_total,
+           "syncs_per_step": count_syncs(step, batch, device)}
+    if model is not None:  # a training step: what it keeps for backward
+        out["saved_for_backward_mb"] = saved_for_backward_mb(step, batch, model)
+    return out
 
 
 def reference_step(trainer, kind: str) -> Callable[[Dict[str, Any]], Any]:
@@ -164,7 +186,7 @@ def measure(args, extra_opts: List[str], label: str) -> List[Dict[str, Any]]:
         rows.append({"what": f"{label} data path", **r, "peak_mem_mb": peak_memory_mb(dev)})
     if trainer.optimizers():
         trainer.set_model_mode("train")
-        r = time_loop(trainer.train_step, trainer.train_loader, dev, args.steps, args.warmup)
+        r = time_loop(trainer.train_step, trainer.train_loader, dev, args.steps, args.warmup, trainer.model_without_ddp)
         rows.append({"what": f"{label} train", **r, "peak_mem_mb": peak_memory_mb(dev)})
         for kind in args.reference:
             pl = getattr(trainer.model_without_ddp, "prompt_learner", None)
@@ -173,7 +195,8 @@ def measure(args, extra_opts: List[str], label: str) -> List[Dict[str, Any]]:
             loader = getattr(trainer, "train_loader_images", trainer.train_loader)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
-            r = time_loop(reference_step(trainer, kind), loader, dev, args.ref_steps, min(args.warmup, 2))
+            r = time_loop(reference_step(trainer, kind), loader, dev, args.ref_steps, min(args.warmup, 2),
+                          trainer.model_without_ddp)
             rows.append({"what": f"{label} train, reference {kind}", **r, "peak_mem_mb": peak_memory_mb(dev)})
     if getattr(trainer, "evaluator", None) is None:  # e.g. a pre-training trainer: nothing to classify
         trainer.close()
@@ -208,21 +231,24 @@ def cache_views_sweep(args, extra_opts: List[str]) -> List[Dict[str, Any]]:
     rows = []
     variants = [("default (CACHE.FEATURES auto)", ["CACHE.FEATURES", "auto"])]
     variants += [(f"CACHE.FEATURES on, VIEWS {k}", ["CACHE.FEATURES", "on", "CACHE.VIEWS", str(k)]) for k in args.cache_views]
-    for seed in args.seeds:
-        for label, opts in variants:  # interleaved: load changes hit every variant alike
-            out = tempfile.mkdtemp(prefix="emolab_views_")
-            argv = ["--trainer", args.trainer, "--config-file", args.config_file, "--dataset-config-file",
-                    args.dataset_config_file, "--root", args.root, "--output-dir", out, "--seed", str(seed),
-                    *extra_opts, *opts, "CACHE.DIR", os.path.join(out, "cache")]
-            t0 = time.perf_counter()
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                code = train.main(argv)
-            wall = time.perf_counter() - t0
-            if code != 0:
-                raise EmoLabError(f"run {label}, seed {seed} exited with {code} (log: {out}/log.txt)")
-            res = read_metrics_jsonl(os.path.join(out, "metrics.jsonl"), "test") or {}
-            rows.append({"what": label, "seed": seed, "accuracy": res.get("accuracy", float("nan")), "seconds": wall})
-            print(f"{label} seed {seed}: accuracy {rows[-1]['accuracy']:.2f}, {wall:.1f} s", flush=True)
+    plan = [(args.seeds[0], variants[0], True)]  # a warm-up run (imports, first-call costs), not counted
+    plan += [(seed, variant, False) for seed in args.seeds for variant in variants]  # interleaved per seed
+    for seed, (label, opts), warmup in plan:
+        out = tempfile.mkdtemp(prefix="emolab_views_")
+        argv = ["--trainer", args.trainer, "--config-file", args.config_file, "--dataset-config-file",
+                args.dataset_config_file, "--root", args.root, "--output-dir", out, "--seed", str(seed),
+                *extra_opts, *opts, "CACHE.DIR", os.path.join(out, "cache")]
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            code = train.main(argv)
+        wall = time.perf_counter() - t0
+        if code != 0:
+            raise EmoLabError(f"run {label}, seed {seed} exited with {code} (log: {out}/log.txt)")
+        if warmup:
+            continue
+        res = read_metrics_jsonl(os.path.join(out, "metrics.jsonl"), "test") or {}
+        rows.append({"what": label, "seed": seed, "accuracy": res.get("accuracy", float("nan")), "seconds": wall})
+        print(f"{label} seed {seed}: accuracy {rows[-1]['accuracy']:.2f}, {wall:.1f} s", flush=True)
     return rows
 
 
@@ -486,17 +512,9 @@ def quickgelu(args, extra_opts: List[str]) -> List[Dict[str, Any]]:
             if r:
                 times[name].append((time.perf_counter() - t0) / ((args.steps // len(batches) or 1) * len(batches)))
     saved = {}
-    for name in times:  # bytes autograd keeps for the backward pass of one step
+    for name in times:  # what autograd keeps for the backward pass of one step
         (unfuse_quick_gelu if name.startswith("QuickGELU") else fuse_quick_gelu)(clip)
-        total = [0]
-
-        def pack(t, total=total):
-            total[0] += t.numel() * t.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            trainer.train_step(batches[0])
-        saved[name] = total[0] / 2**20
+        saved[name] = saved_for_backward_mb(trainer.train_step, batches[0], trainer.model_without_ddp)
     trainer.close()
     base = _best(times["QuickGELU, three ops (open_clip)"])
     return [{"what": f"{args.trainer} train step, {name}", "ms_per_step": 1000 * _best(ts),
@@ -613,12 +631,14 @@ def _main(argv: Optional[List[str]] = None) -> int:
         return 2
     base = rows[0]["images_per_s"]
     print(f"\n{args.trainer} | {args.config_file} | batch {args.batch_size} | " + ", ".join(f"{k} {v}" for k, v in environment(device).items()))
-    print("\n| what | images/s | ms/step | data wait | peak memory (MB) | host syncs/step | speed vs first row |")
-    print("|---|--:|--:|--:|--:|--:|--:|")
+    print("\n| what | images/s | ms/step | data wait | peak memory (MB) | saved for backward (MB/step) "
+          "| host syncs/step | speed vs first row |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|")
     for r in rows:
         syncs = "n/a (CPU)" if r["syncs_per_step"] < 0 else str(r["syncs_per_step"])
+        saved = f"{r['saved_for_backward_mb']:.2f}" if "saved_for_backward_mb" in r else "–"
         print(f"| {r['what']} | {r['images_per_s']:.1f} | {r['ms_per_step']:.2f} | {100 * r['data_wait_share']:.0f}% "
-              f"| {r['peak_mem_mb']:.0f} | {syncs} | {r['images_per_s'] / base:.2f}x |")
+              f"| {r['peak_mem_mb']:.0f} | {saved} | {syncs} | {r['images_per_s'] / base:.2f}x |")
     write_json(args, device, rows)
     return 0
 
