@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from utils.rng import seeded_draws
+from utils.rng import draws_on_torch_only, seeded_draws
 from utils.errors import ConfigError, DatasetError
 from utils.registry import closest
 
@@ -66,7 +66,8 @@ def apply_transform(transform: Optional[Callable], img: Any, seed: Optional[int]
     if seed is None:
         out = transform(img)
     else:
-        with seeded_draws(seed):  # torchvision draws on torch's CPU generator, timm on random / np.random
+        # torchvision draws on torch's CPU generator, timm on random / np.random (seeded only when needed)
+        with seeded_draws(seed, python_rngs=not draws_on_torch_only(transform)):
             out = transform(img)
     return out.as_subclass(torch.Tensor) if isinstance(out, torch.Tensor) else out
 

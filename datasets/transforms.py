@@ -101,6 +101,8 @@ class PILResize:
     torchvision computes it) or (h, w). Output: a uint8 image tensor [3, h', w'].
     """
 
+    draws_on_torch_only = True  # deterministic (utils/rng.py: draws_on_torch_only)
+
     def __init__(self, size, interpolation: str = "bicubic") -> None:
         self.size = size
         self.interpolation = interpolation

@@ -126,6 +126,35 @@ def test_seeded_views_bit_identical_to_torch_manual_seed(names):
     assert torch.equal(torch.get_rng_state(), state)  # the caller's generator is left as it was
 
 
+def test_torch_only_transforms_leave_python_rngs_alone_and_others_get_them_seeded():
+    """Shipped (torchvision) pipelines skip seeding random / np.random (the costly part) with the same
+    views; a pipeline with a Python-random op (v1 RandomChoice, a Lambda, timm) gets them seeded per sample."""
+    import random
+
+    from torchvision.transforms import v2
+
+    from utils.rng import draws_on_torch_only
+
+    shipped = [compose(n, TransformSettings(size=(24, 24), gb_k=5)) for n in _shipped_train_transforms()]
+    assert shipped and all(draws_on_torch_only(t) for t in shipped)
+    img = torch.randint(0, 256, (3, 40, 57), dtype=torch.uint8)
+    random.seed(5)
+    np.random.seed(5)
+    py_next, np_next = random.random(), np.random.rand()
+    random.seed(5)
+    np.random.seed(5)
+    apply_transform(shipped[0], img, 3)
+    assert (random.random(), np.random.rand()) == (py_next, np_next)  # untouched
+    pick = v2.Lambda(lambda t: t[:, : 10 + random.randrange(20)] * 0 + int(np.random.randint(0, 9)))
+    assert not draws_on_torch_only(pick)
+    views = [apply_transform(pick, img, seed) for seed in (1, 1, 2)]
+    assert torch.equal(views[0], views[1]) and not torch.equal(views[0], views[2])  # seeded per sample
+    random.seed(5)
+    np.random.seed(5)
+    apply_transform(pick, img, 4)
+    assert (random.random(), np.random.rand()) == (py_next, np_next)  # restored afterwards
+
+
 @pytest.fixture(scope="module")
 def jpegs(tmp_path_factory):
     """JPEGs in the variants photos come in, plus a PNG; (path, PIL mode it was saved from)."""

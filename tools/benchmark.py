@@ -419,17 +419,28 @@ def loader_vs_decode(args) -> List[Dict[str, Any]]:
                              "ms_per_image": 1000 * _best(ts), "vs_decode_jpeg": ref / _best(ts)})
     # seeding: microseconds per call, and its share of a sample of the 0-worker loader
     img = read_image_tensor(paths[0])
-    seed_times: Dict[str, List[float]] = {"torch.manual_seed in fork_rng (before)": [], "CPU generator (now)": []}
+    from utils.rng import draws_on_torch_only, seeded_draws
+
     ident = lambda x: x  # noqa: E731
+    torch_only = draws_on_torch_only(tfm)  # the shipped transform: torchvision ops only
+    now = f"CPU generator (now; {'torch only' if torch_only else 'with random, np.random'} for this transform)"
+    seed_times: Dict[str, List[float]] = {"torch.manual_seed in fork_rng (before)": [], now: [],
+                                          "CPU generator + random + np.random (transforms with Python-random ops)": []}
 
     def before(seed):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return ident(img)
 
+    def seeded(seed, python_rngs):
+        with seeded_draws(seed, python_rngs=python_rngs):
+            return ident(img)
+
     for r in range(args.repeats + 1):
         for name, fn in (("torch.manual_seed in fork_rng (before)", before),
-                         ("CPU generator (now)", lambda s: apply_transform(ident, img, s))):
+                         (now, lambda s: seeded(s, not torch_only)),
+                         ("CPU generator + random + np.random (transforms with Python-random ops)",
+                          lambda s: seeded(s, True))):
             t0 = time.perf_counter()
             for s in range(2000):
                 fn(s)
