@@ -59,6 +59,12 @@ def test_benchmark_scale_modes_run_and_write_their_rows(tmp_path, data_root):
     rows = json.loads(out.read_text())["results"]
     assert sorted((r["classes"], r["reuse"]) for r in rows) == [(8, False), (8, True), (16, False), (16, True)]
     assert all(r["images"] == 64 and r["images_per_s"] > 0 for r in rows)
+    out = tmp_path / "decoded.json"
+    assert benchmark.main(["--trainer", "CoOp", "--config-file", COOP_CFG, "--eval-classes", "8", "--eval-source",
+                           "decoded", "--eval-images", "40", "--test-batch-size", "16", "--json", str(out), *common,
+                           *SMALL_DATA]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["reuse"] for r in rows] == [False, True] and rows[0]["images"] >= 40
     out = tmp_path / "startup.json"
     assert benchmark.main(["--trainer", "CoOp", "--config-file", COOP_CFG, "--startup", "16", "48", "--json", str(out),
                            *common]) == 0

@@ -15,7 +15,7 @@ Trainers without an evaluator (``UniEmoXPretrain``) get no evaluation row.
 
 Scale modes (one per command; variants interleaved in one process, best of ``--repeats`` rounds):
 ``--eval-classes 8 512`` CoOp evaluation throughput per class count, class prompts encoded per batch
-vs once per evaluation (``--eval-source features|images``, ``--eval-images N``);
+vs once per evaluation (``--eval-source features|images|decoded``, ``--eval-images N``);
 ``--loader-vs-decode`` the training loader against ``decode_jpeg`` / PIL + the same v2 ops, with
 ``--workers 0 2``, and the cost of per-sample seeding; ``--startup 1000 60000`` ``build_trainer``
 on image folders of N tiny JPEGs, first and warm start; ``--quickgelu`` a training step with
@@ -283,10 +283,17 @@ def eval_classes(args, extra_opts: List[str]) -> List[Dict[str, Any]]:
     from trainers.clip_prompting import feature_cache as fc
     from trainers.engine.utils import to_device
 
-    trainer = build(args, extra_opts + (["CACHE.FEATURES", "off"] if args.eval_source == "images" else []))
+    source_opts = {"images": ["CACHE.FEATURES", "off"],
+                   "decoded": ["CACHE.FEATURES", "off", "DATALOADER.DECODED_CACHE", "memory"]}.get(args.eval_source, [])
+    trainer = build(args, extra_opts + source_opts)
     model = trainer.model_without_ddp
     pl0 = model.prompt_learner
-    if args.eval_source == "images":  # the image loader (decode + evaluation transform + image encoder)
+    passes = 1
+    if args.eval_source == "decoded":  # the trainer's own test loader over the decoded-image cache, repeated
+        loader = trainer.test_loader
+        passes = -(-args.eval_images // len(trainer.dataset.test))
+        n_images = passes * len(trainer.dataset.test)
+    elif args.eval_source == "images":  # the image loader (decode + evaluation transform + image encoder)
         from datasets import build_data_loader
 
         test_data = list(trainer.dataset.test)
@@ -314,8 +321,9 @@ def eval_classes(args, extra_opts: List[str]) -> List[Dict[str, Any]]:
                 for reuse in (False, True):
                     model.reuse_text_features, model._text_memo = reuse, None
                     t0 = time.perf_counter()
-                    for batch in loader:
-                        trainer.inference(to_device(batch, trainer.device))
+                    for _ in range(passes):
+                        for batch in loader:
+                            trainer.inference(to_device(batch, trainer.device))
                     _sync(trainer.device)
                     if r:
                         times.setdefault((c, reuse), []).append(time.perf_counter() - t0)
@@ -584,8 +592,9 @@ def _main(argv: Optional[List[str]] = None) -> int:
                    help="full runs per seed: default cache semantics, then CACHE.FEATURES on with each K views")
     p.add_argument("--eval-classes", type=int, nargs="*", default=None, metavar="C",
                    help="CoOp evaluation throughput at these class counts (cached features, text per batch vs once)")
-    p.add_argument("--eval-source", choices=["features", "images"], default="features",
-                   help="--eval-classes on cached features or through the image loader (CACHE.FEATURES off)")
+    p.add_argument("--eval-source", choices=["features", "images", "decoded"], default="features",
+                   help="--eval-classes on cached features, through the image loader (CACHE.FEATURES off) or "
+                        "through the decoded-image cache (DECODED_CACHE memory)")
     p.add_argument("--eval-images", type=int, default=10000, help="images per evaluation of --eval-classes")
     p.add_argument("--loader-vs-decode", action="store_true",
                    help="training loader vs decode_jpeg + the same v2 ops (and seeding cost)")
