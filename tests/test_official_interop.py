@@ -139,6 +139,31 @@ def test_official_checkpoint_through_train_py_gives_the_logits_the_official_code
 
 
 @pytest.mark.parametrize("which", ["coop", "cocoop"])
+def test_committed_emolab_checkpoint_gives_the_logits_the_official_code_computed_for_it(which, env, tmp_path,
+                                                                                       monkeypatch):
+    """Direction (b) against the official code itself: ``emolab_run/`` is a prompt-learner file
+    ``train.py`` wrote (1 epoch), and ``emolab_run/official_logits.pt`` what the official trainer's
+    ``load_model`` + Dassl's test loader computed with it (``make_official_coop_real.py
+    --write-emolab-fixtures``); ``train.py --eval-only`` on the same file gives the same logits."""
+    seen = _spy(monkeypatch)
+    data = os.path.join(ref.FIXTURES, "eval_data")
+    run = os.path.join(ref.FIXTURES, which, "emolab_run")
+    official = torch.load(os.path.join(run, "official_logits.pt"), weights_only=True)
+    saved = torch.load(os.path.join(run, "prompt_learner", "model.pth.tar-1"), weights_only=True)["state_dict"]
+    assert "ctx" in saved and not any(k.startswith("context.") for k in saved)  # official names: none ignored
+    assert run_cli(_args(SimpleNamespace(root=data, clip_file=env.clip_file), which, tmp_path / "eval", "--eval-only",
+                         "--model-dir", run, "--load-epoch", "1")) == 0
+    trainer, ours = seen["trainer"], seen["logits"][-1]
+    paths = [os.path.relpath(d.impath, data) for d in trainer.dataset.test]
+    assert sorted(paths) == sorted(official["impaths"]) and len(paths) == 12
+    theirs = official["logits"][[official["impaths"].index(q) for q in paths]]
+    diff = (ours - theirs).abs().max().item()
+    print(f"{which}: committed EmoLab checkpoint, train.py vs the official load_model's logits, max |logit diff| = "
+          f"{diff:.3g}")
+    assert diff <= TOL
+
+
+@pytest.mark.parametrize("which", ["coop", "cocoop"])
 def test_emolab_checkpoint_in_the_official_load_model_gives_emolab_logits(which, env, tmp_path, monkeypatch):
     seen = _spy(monkeypatch)
     out = tmp_path / "run"
