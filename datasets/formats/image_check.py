@@ -89,7 +89,7 @@ def screen_images(ds: DatasetBase, mode: str, skip: bool) -> DatasetBase:
     missing_files_check([p for p, s in now.items() if s is None], len(every))
     bad = find_bad_images(list(now), mode, memo=screening_memo(ds, mode), now=now)
     if not bad:
-        return ds.with_existing(now)
+        return ds.with_existing(frozenset(now))
     shown = "; ".join(f"{p} ({why})" for p, why in bad[:MAX_SHOWN]) + ("; ..." if len(bad) > MAX_SHOWN else "")
     if not skip:
         raise DatasetError(
@@ -102,7 +102,7 @@ def screen_images(ds: DatasetBase, mode: str, skip: bool) -> DatasetBase:
     logger.warning("dataset %s: skipped %d unreadable image(s) (%s), e.g. %s", ds.name, len(bad), counts, shown)
     if not kept["train_x"]:
         raise DatasetError(f"dataset {ds.name}: no readable training images left after skipping {len(bad)} unreadable one(s)")
-    return ds.replace(**kept).with_existing(now)
+    return ds.replace(**kept).with_existing(frozenset(now))
 
 
 def screening_memo(ds: DatasetBase, mode: str) -> str:
