@@ -230,7 +230,13 @@ def test_cli_turns_stop_signals_into_one_line_and_128_plus_the_signal(monkeypatc
 
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
     monkeypatch.setattr(train, "main", signalled)
-    assert train.cli() == code
+    # Ctrl-C as a terminal delivers it: Python's KeyboardInterrupt handler (a shell that starts pytest in the
+    # background, e.g. `nohup ... &`, makes it inherit SIGINT ignored, and then no Ctrl-C reaches train.py)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert train.cli() == code
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     how = "interrupted" if sig == signal.SIGINT else f"stopped by {signal.Signals(sig).name}"
     assert capsys.readouterr().err.strip().splitlines() == [
         f"{how}: rerun the same command to resume the run in out/run from epoch 3 (the last saved epoch)"]
