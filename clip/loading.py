@@ -83,7 +83,7 @@ def sequence_first(model: torch.nn.Module) -> None:
     differently for the two memory layouts (up to ~2e-6 per layer here), which is enough to move the
     official code's logits by ~5e-6. OpenAI weights therefore run in OpenAI's layout, so that their
     image features equal the official code's bit for bit (``tests/test_official_interop.py``); on the
-    CPU it is no slower (ViT-B/16, batch 16: 0.95x the batch-first time). Callers keep passing
+    CPU it is no slower (``tools/benchmark.py --layout``). Callers keep passing
     [N, L, D] (``clip/text.py: run_transformer``): open_clip's ``Transformer`` transposes inside.
     """
     for transformer in (getattr(model, "visual", None) and model.visual.transformer, getattr(model, "transformer", None)):

@@ -77,3 +77,16 @@ def test_benchmark_scale_modes_run_and_write_their_rows(tmp_path, data_root):
     rows = json.loads(out.read_text())["results"]
     assert [r["what"].split(", ", 1)[1] for r in rows] == ["QuickGELU, three ops (open_clip)", "FusedQuickGELU"]
     assert rows[1]["saved_for_backward_mb"] < rows[0]["saved_for_backward_mb"]  # one saved input instead of three
+
+
+def test_benchmark_attention_layout_mode(tmp_path):
+    """--layout: both layouts timed on one batch; their features differ only by rounding."""
+    from tools import benchmark
+
+    out = tmp_path / "layout.json"
+    assert benchmark.main(["--trainer", "CoOp", "--config-file", "configs/trainers/CoOp/tiny_synthetic.yaml", "--layout",
+                           "--layout-arch", "emolab-tiny-vit", "--batch-size", "2", "--repeats", "1", "--json",
+                           str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["what"].split(", ")[-1] for r in rows] == ["batch-first (open_clip)", "sequence-first (OpenAI's layout)"]
+    assert rows[0]["time_vs_batch_first"] == 1.0 and 0 <= rows[1]["max_abs_feature_diff"] < 1e-4

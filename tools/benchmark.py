@@ -21,6 +21,7 @@ vs once per evaluation (``--eval-source features|images|decoded``, ``--eval-imag
 on image folders of N tiny JPEGs, first and warm start; ``--quickgelu`` a training step with
 open_clip's QuickGELU vs ``clip.activations.FusedQuickGELU``; ``--cache-views 1 2 4 8 16`` full
 runs per ``--seeds`` with the default cache semantics and with K cached views (accuracy, time).
+``--layout`` CLIP image encoding batch-first vs in OpenAI's sequence-first layout.
 ``--threads N`` sets torch's intra-op threads.
 """
 from __future__ import annotations
@@ -541,6 +542,44 @@ def quickgelu(args, extra_opts: List[str]) -> List[Dict[str, Any]]:
              "saved_for_backward_mb": saved[name]} for name, ts in times.items()]
 
 
+def attention_layout(args) -> List[Dict[str, Any]]:
+    """Image encoding of a CLIP (``--layout-arch``, random weights, QuickGELU as OpenAI's) with both
+    transformers batch-first (open_clip) and sequence-first (OpenAI's layout, ``clip.loading.sequence_first``),
+    interleaved on the same batch of ``--batch-size`` images; the largest feature difference between them."""
+    import open_clip
+
+    from clip.loading import sequence_first
+
+    def layout(model: torch.nn.Module, batch_first: bool) -> None:
+        if batch_first:
+            for tr in (model.visual.transformer, model.transformer):
+                tr.batch_first = True
+                for block in tr.resblocks:
+                    block.attn.batch_first = True
+        else:
+            sequence_first(model)
+
+    model = open_clip.create_model(args.layout_arch, pretrained=None, force_quick_gelu=True).eval()
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    x = torch.randn(args.batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    names = {"batch-first (open_clip)": True, "sequence-first (OpenAI's layout)": False}
+    times: Dict[str, List[float]] = {n: [] for n in names}
+    feats = {}
+    with torch.no_grad():
+        for r in range(args.repeats + 1):
+            for name, bf in names.items():
+                layout(model, bf)
+                t0 = time.perf_counter()
+                feats[name] = model.encode_image(x)
+                if r:
+                    times[name].append(time.perf_counter() - t0)
+    base = _best(times["batch-first (open_clip)"])
+    diff = (feats["batch-first (open_clip)"] - feats["sequence-first (OpenAI's layout)"]).abs().max().item()
+    return [{"what": f"{args.layout_arch} encode_image, batch {args.batch_size}, {name}", "ms": 1000 * _best(ts),
+             "time_vs_batch_first": _best(ts) / base, "max_abs_feature_diff": diff} for name, ts in times.items()]
+
+
 def print_rows(rows: List[Dict[str, Any]]) -> None:
     keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "what"]
     print("\n| what | " + " | ".join(keys) + " |")
@@ -604,6 +643,9 @@ def _main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--startup", type=int, nargs="*", default=None, metavar="N",
                    help="build_trainer time on image folders of N tiny JPEGs (cold and warm)")
     p.add_argument("--quickgelu", action="store_true", help="train step with three-op vs fused QuickGELU")
+    p.add_argument("--layout", action="store_true",
+                   help="CLIP image encoding with batch-first vs OpenAI's sequence-first attention layout")
+    p.add_argument("--layout-arch", default="ViT-B-16", help="open_clip architecture of --layout (random weights)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the scale modes (best kept)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds of --cache-views")
@@ -630,6 +672,8 @@ def _main(argv: Optional[List[str]] = None) -> int:
             scale = startup(args, opts)
         elif args.quickgelu:
             scale = quickgelu(args, opts)
+        elif args.layout:
+            scale = attention_layout(args)
         if scale is not None:
             print(f"\nload average {os.getloadavg()}; " + ", ".join(f"{k} {v}" for k, v in environment(device).items()))
             print_rows(scale)
