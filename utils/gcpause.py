@@ -2,9 +2,8 @@
 
 Building a dataset index creates hundreds of thousands of small lists and dataclasses (JSON split
 files, one ``Datum`` per image). Each allocation burst triggers the cyclic collector, and with
-torch and open_clip imported a full collection walks millions of live objects: on a 60,000-image
-folder the collector took 0.27 s of a 0.88 s warm ``build_trainer`` (reading the split file: 0.29 s
-in the process, 0.02 s alone). Nothing built there is cyclic garbage, so the collector is paused
+torch and open_clip imported a full collection walks every live object: on a 60,000-image folder the
+collector took 0.24 s of a 0.86 s warm ``build_trainer`` (``tools/benchmark.py --startup``). Nothing built there is cyclic garbage, so the collector is paused
 and restored afterwards (reference counting still frees everything as usual).
 """
 from __future__ import annotations

@@ -29,7 +29,7 @@ def seeded_draws(seed: int, python_rngs: bool = True) -> Iterator[None]:
     follow ``torch.manual_seed(seed)``, without its lazy CUDA seeding, which on a CUDA build of torch
     costs ~100x more per call (a per-sample cost in every loader). ``python_rngs=False`` leaves
     ``random`` and ``np.random`` alone, for code that draws on torch only (:func:`draws_on_torch_only`):
-    saving and restoring numpy's state costs ~70 us, 30x the torch part.
+    seeding and restoring them costs 25x the torch part (``tools/benchmark.py --loader-vs-decode``).
     """
     gen = torch.default_generator
     torch_state = gen.get_state()
