@@ -69,8 +69,9 @@ def test_benchmark_scale_modes_run_and_write_their_rows(tmp_path, data_root):
     assert benchmark.main(["--trainer", "CoOp", "--config-file", COOP_CFG, "--startup", "16", "48", "--json", str(out),
                            *common]) == 0
     rows = json.loads(out.read_text())["results"]
-    assert [r["images"] for r in rows] == [16, 48] and rows[0]["warm_vs_smallest"] == 1.0
-    assert not any(r["test_features_built_at_start"] for r in rows)
+    assert [r["images"] for r in rows] == [16, 48, 48] and rows[0]["warm_vs_smallest"] == 1.0
+    assert "garbage collector not paused" in rows[2]["what"] and rows[2]["warm_s"] > 0
+    assert not any(r["test_features_built_at_start"] for r in rows[:2])
     out = tmp_path / "gelu.json"
     assert benchmark.main(["--trainer", "CoCoOp", "--config-file", COCOOP_CFG, "--quickgelu", "--steps", "2",
                            "--batch-size", "4", "--json", str(out), *common, *SMALL_DATA]) == 0
