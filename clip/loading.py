@@ -75,8 +75,9 @@ def _build(arch: str, quick_gelu: bool, preprocess: Optional[Dict[str, Any]]) ->
         raise ConfigError(f"could not build CLIP architecture {arch}: {_one_line(exc)}") from None
 
 
-def sequence_first(model: torch.nn.Module) -> None:
-    """Run both transformers of an open_clip ``CLIP`` in OpenAI's sequence-first layout ([L, N, D]).
+def sequence_first(model: torch.nn.Module, enable: bool = True) -> None:
+    """Run both transformers of an open_clip ``CLIP`` in OpenAI's sequence-first layout ([L, N, D])
+    (``enable=False``: back to open_clip's batch-first one).
 
     open_clip computes attention batch-first; OpenAI's CLIP (which CoOp / CoCoOp run) sequence-first.
     The values are the same math, but PyTorch's attention without a mask (the image tower) rounds
@@ -86,15 +87,16 @@ def sequence_first(model: torch.nn.Module) -> None:
     CPU it is no slower (``tools/benchmark.py --layout``). Callers keep passing
     [N, L, D] (``clip/text.py: run_transformer``): open_clip's ``Transformer`` transposes inside.
     """
-    for transformer in (getattr(model, "visual", None) and model.visual.transformer, getattr(model, "transformer", None)):
+    visual = getattr(model, "visual", None)
+    for transformer in (getattr(visual, "transformer", None), getattr(model, "transformer", None)):
         if transformer is None or not hasattr(transformer, "batch_first"):
             continue
         attns = [getattr(block, "attn", None) for block in transformer.resblocks]
         if not all(isinstance(a, torch.nn.MultiheadAttention) for a in attns):
             continue  # custom attention blocks keep open_clip's layout
-        transformer.batch_first = False
+        transformer.batch_first = not enable
         for attn in attns:
-            attn.batch_first = False
+            attn.batch_first = not enable
 
 
 def load_clip(

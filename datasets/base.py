@@ -205,11 +205,10 @@ class DatasetBase:
         raise NotImplementedError(f"{cls.__name__} does not implement from_config")
 
 
-def missing_files_check(missing: Sequence[str], total: int, max_shown: int = 3) -> None:
-    """Raise the start-up error for ``missing`` image files (of ``total``); nothing when none."""
-    if missing:
-        shown = ", ".join(missing[:max_shown]) + (", ..." if len(missing) > max_shown else "")
-        raise DatasetError(f"{len(missing)} image file(s) missing (of {total}), e.g. {shown}")
+def missing_files_error(missing: Sequence[str], total: int, what: str = "image file(s)", max_shown: int = 3) -> DatasetError:
+    """The one-line error for files an annotation or a split names but the disk lacks."""
+    shown = ", ".join(missing[:max_shown]) + (", ..." if len(missing) > max_shown else "")
+    return DatasetError(f"{len(missing)} {what} missing (of {total}), e.g. {shown}")
 
 
 def check_images(data: Iterable[Datum], max_shown: int = 3, known: Collection[str] = frozenset()) -> None:
@@ -219,5 +218,6 @@ def check_images(data: Iterable[Datum], max_shown: int = 3, known: Collection[st
         DatasetError: "N image files are missing (of M), e.g. a, b, c".
     """
     data = list(data)
-    missing_files_check([d.impath for d in data if d.impath not in known and not os.path.isfile(d.impath)], len(data),
-                        max_shown)
+    missing = [d.impath for d in data if d.impath not in known and not os.path.isfile(d.impath)]
+    if missing:
+        raise missing_files_error(missing, len(data), max_shown=max_shown)

@@ -116,23 +116,30 @@ def test_official_checkpoint_through_train_py_on_jpegs_gives_the_official_logits
     assert diff <= TOL
 
 
+def _committed_logit_diff(env, which, model_dir, epoch, official_file, tmp_path, monkeypatch) -> float:
+    """``train.py --eval-only`` on ``model_dir`` (epoch ``epoch``) over the committed JPEGs against the
+    official code's logits in ``official_file`` (matched by image path): max |difference|."""
+    seen = _spy(monkeypatch)
+    data = os.path.join(ref.FIXTURES, "eval_data")
+    official = torch.load(official_file, weights_only=True)
+    assert run_cli(_args(SimpleNamespace(root=data, clip_file=env.clip_file), which, tmp_path / "eval", "--eval-only",
+                         "--model-dir", model_dir, "--load-epoch", str(epoch))) == 0
+    trainer, ours = seen["trainer"], seen["logits"][-1]
+    paths = [os.path.relpath(d.impath, data) for d in trainer.dataset.test]
+    assert sorted(paths) == sorted(official["impaths"]) and len(paths) == 12
+    theirs = official["logits"][[official["impaths"].index(q) for q in paths]]
+    return (ours - theirs).abs().max().item()
+
+
 @pytest.mark.parametrize("which", ["coop", "cocoop"])
 def test_official_checkpoint_through_train_py_gives_the_logits_the_official_code_computed(which, env, tmp_path,
                                                                                           monkeypatch):
     """Against the official code itself: ``official_logits.pt`` is what CoOp / CoCoOp's trainer (with
     Dassl's test loader) computed for its own checkpoint on the committed JPEGs
     (``tests/fixtures/make_official_coop_real.py``)."""
-    seen = _spy(monkeypatch)
-    data = os.path.join(ref.FIXTURES, "eval_data")
     fixture = os.path.join(ref.FIXTURES, which)
-    official = torch.load(os.path.join(fixture, "official_logits.pt"), weights_only=True)
-    assert run_cli(_args(SimpleNamespace(root=data, clip_file=env.clip_file), which, tmp_path / "eval", "--eval-only",
-                         "--model-dir", fixture, "--load-epoch", "2")) == 0
-    trainer, ours = seen["trainer"], seen["logits"][-1]
-    paths = [os.path.relpath(d.impath, data) for d in trainer.dataset.test]
-    assert sorted(paths) == sorted(official["impaths"]) and len(paths) == 12
-    theirs = official["logits"][[official["impaths"].index(q) for q in paths]]
-    diff = (ours - theirs).abs().max().item()
+    diff = _committed_logit_diff(env, which, fixture, 2, os.path.join(fixture, "official_logits.pt"), tmp_path,
+                                 monkeypatch)
     print(f"{which}: official checkpoint through train.py --eval-only vs the official code's logits, "
           f"max |logit diff| = {diff:.3g}")
     assert diff <= TOL
@@ -145,19 +152,10 @@ def test_committed_emolab_checkpoint_gives_the_logits_the_official_code_computed
     ``train.py`` wrote (1 epoch), and ``emolab_run/official_logits.pt`` what the official trainer's
     ``load_model`` + Dassl's test loader computed with it (``make_official_coop_real.py
     --write-emolab-fixtures``); ``train.py --eval-only`` on the same file gives the same logits."""
-    seen = _spy(monkeypatch)
-    data = os.path.join(ref.FIXTURES, "eval_data")
     run = os.path.join(ref.FIXTURES, which, "emolab_run")
-    official = torch.load(os.path.join(run, "official_logits.pt"), weights_only=True)
     saved = torch.load(os.path.join(run, "prompt_learner", "model.pth.tar-1"), weights_only=True)["state_dict"]
     assert "ctx" in saved and not any(k.startswith("context.") for k in saved)  # official names: none ignored
-    assert run_cli(_args(SimpleNamespace(root=data, clip_file=env.clip_file), which, tmp_path / "eval", "--eval-only",
-                         "--model-dir", run, "--load-epoch", "1")) == 0
-    trainer, ours = seen["trainer"], seen["logits"][-1]
-    paths = [os.path.relpath(d.impath, data) for d in trainer.dataset.test]
-    assert sorted(paths) == sorted(official["impaths"]) and len(paths) == 12
-    theirs = official["logits"][[official["impaths"].index(q) for q in paths]]
-    diff = (ours - theirs).abs().max().item()
+    diff = _committed_logit_diff(env, which, run, 1, os.path.join(run, "official_logits.pt"), tmp_path, monkeypatch)
     print(f"{which}: committed EmoLab checkpoint, train.py vs the official load_model's logits, max |logit diff| = "
           f"{diff:.3g}")
     assert diff <= TOL

@@ -563,15 +563,6 @@ def attention_layout(args) -> List[Dict[str, Any]]:
 
     from clip.loading import sequence_first
 
-    def layout(model: torch.nn.Module, batch_first: bool) -> None:
-        if batch_first:
-            for tr in (model.visual.transformer, model.transformer):
-                tr.batch_first = True
-                for block in tr.resblocks:
-                    block.attn.batch_first = True
-        else:
-            sequence_first(model)
-
     model = open_clip.create_model(args.layout_arch, pretrained=None, force_quick_gelu=True).eval()
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
@@ -582,7 +573,7 @@ def attention_layout(args) -> List[Dict[str, Any]]:
     with torch.no_grad():
         for r in range(args.repeats + 1):
             for name, bf in names.items():
-                layout(model, bf)
+                sequence_first(model, enable=not bf)
                 t0 = time.perf_counter()
                 feats[name] = model.encode_image(x)
                 if r:

@@ -33,22 +33,18 @@ def seeded_draws(seed: int, python_rngs: bool = True) -> Iterator[None]:
     """
     gen = torch.default_generator
     torch_state = gen.get_state()
+    py_states = (random.getstate(), np.random.get_state()) if python_rngs else None
     gen.manual_seed(seed)
-    if not python_rngs:
-        try:
-            yield
-        finally:
-            gen.set_state(torch_state)
-        return
-    py_state, np_state = random.getstate(), np.random.get_state()
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
+    if py_states:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
     try:
         yield
     finally:
         gen.set_state(torch_state)
-        random.setstate(py_state)
-        np.random.set_state(np_state)
+        if py_states:
+            random.setstate(py_states[0])
+            np.random.set_state(py_states[1])
 
 
 #: torchvision v1 containers that draw on Python's ``random`` (v2's own draw on torch)

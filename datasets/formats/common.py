@@ -194,12 +194,6 @@ def report_ignored(name: str, what: str, paths: Sequence[str], max_shown: int = 
         logger.warning("%s: ignored %d %s, e.g. %s", name, len(paths), what, shown)
 
 
-def missing_files_error(missing: Sequence[str], total: int, what: str = "image file(s)", max_shown: int = 3) -> DatasetError:
-    """The one-line error for files an annotation names but the disk lacks."""
-    shown = ", ".join(missing[:max_shown]) + (", ..." if len(missing) > max_shown else "")
-    return DatasetError(f"{len(missing)} {what} missing (of {total}), e.g. {shown}")
-
-
 def dominant(dist: Sequence[float], rel_tol: float = 1e-6) -> Tuple[int, ...]:
     """Indices of the largest values of ``dist`` (ties within ``rel_tol`` kept), ascending."""
     top = max(dist)

@@ -29,10 +29,9 @@ from yacs.config import CfgNode as CN
 from utils.errors import ConfigError, DatasetError
 from configs.registry import register_config
 
-from datasets.base import DATASET_REGISTRY, DatasetBase, Datum
+from datasets.base import DATASET_REGISTRY, DatasetBase, Datum, missing_files_error
 from datasets.formats.csv_dataset import check_root
 from datasets.formats.image_check import screen_from_config
-from datasets.formats.common import missing_files_error
 from datasets.splits import SPLITS, resolve_path
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from utils.errors import DatasetError
 
-from datasets.base import DatasetBase, Datum, missing_files_check
+from datasets.base import DatasetBase, Datum, missing_files_error
 from datasets.formats.common import NativeOptions, check_image_mode
 
 logger = logging.getLogger(__name__)
@@ -43,14 +43,13 @@ def find_bad_images(paths: Sequence[str], mode: str, workers: int = 8, memo: str
                     now: Optional[Dict[str, Optional[Tuple[int, int]]]] = None) -> List[Tuple[str, str]]:
     """[(path, reason)] of the files failing the ``mode`` check, in input order (no check for "exists").
     With ``memo`` (a file: ``datasets/screening.py``) files that passed before, unchanged, are not opened;
-    ``now``: their stamps when the caller has them already (one ``stat`` per file per start)."""
+    ``now``: the stamps of exactly ``paths`` when the caller has them already (one ``stat`` per file per start)."""
     if mode == "exists" or not paths:
         return []
     from datasets import screening
 
     unique = list(dict.fromkeys(paths))
     if memo:
-        now = {p: now[p] for p in unique} if now is not None and len(now) != len(unique) else now
         now = now if now is not None else screening.stamps(unique)
         if screening.all_passed(memo, now):  # the warm start: one line read, no image opened
             return []
@@ -86,7 +85,9 @@ def screen_images(ds: DatasetBase, mode: str, skip: bool) -> DatasetBase:
     from datasets import screening
 
     now = screening.stamps(dict.fromkeys(d.impath for d in every))  # one stat per file: existence and memo key
-    missing_files_check([p for p, s in now.items() if s is None], len(every))
+    missing = [p for p, s in now.items() if s is None]
+    if missing:
+        raise missing_files_error(missing, len(every), max_shown=MAX_SHOWN)
     bad = find_bad_images(list(now), mode, memo=screening_memo(ds, mode), now=now)
     if not bad:
         return ds.with_existing(frozenset(now))

@@ -28,7 +28,7 @@ from utils.errors import ConfigError, DatasetError
 from configs.registry import register_config
 
 from datasets.formats.annotations import read_table
-from datasets.base import DATASET_REGISTRY, DatasetBase, Datum
+from datasets.base import DATASET_REGISTRY, DatasetBase, Datum, missing_files_error
 from datasets.formats.csv_dataset import check_root
 from datasets.formats.image_check import screen_from_config
 from datasets.formats.common import (
@@ -36,7 +36,6 @@ from datasets.formats.common import (
     NativeOptions,
     dominant,
     list_images,
-    missing_files_error,
     report_ignored,
     saved_split,
     split_three,
