@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from conftest import COCOOP_CFG, ROOT, SMALL_DATA
 
 
@@ -57,8 +59,14 @@ def test_benchmark_scale_modes_run_and_write_their_rows(tmp_path, data_root):
     assert benchmark.main(["--trainer", "CoOp", "--config-file", COOP_CFG, "--eval-classes", "8", "16", "--eval-images",
                            "64", "--test-batch-size", "16", "--json", str(out), *common, *SMALL_DATA]) == 0
     rows = json.loads(out.read_text())["results"]
-    assert sorted((r["classes"], r["reuse"]) for r in rows) == [(8, False), (8, True), (16, False), (16, True)]
-    assert all(r["images"] == 64 and r["images_per_s"] > 0 for r in rows)
+    whole = [r for r in rows if "part" not in r]
+    assert sorted((r["classes"], r["reuse"]) for r in whole) == [(8, False), (8, True), (16, False), (16, True)]
+    assert all(r["images"] == 64 and r["images_per_s"] > 0 for r in whole)
+    parts = {(r["classes"], r["part"]): r for r in rows if "part" in r}  # cached features: where the time goes
+    assert sorted(parts) == [(c, p) for c in (8, 16) for p in ("batches", "loader", "logits", "text")]
+    for (c, part), r in parts.items():
+        once = next(w for w in whole if w["classes"] == c and w["reuse"])
+        assert r["seconds"] > 0 and r["share_of_evaluation"] == pytest.approx(r["seconds"] / once["seconds"])
     out = tmp_path / "decoded.json"
     assert benchmark.main(["--trainer", "CoOp", "--config-file", COOP_CFG, "--eval-classes", "8", "--eval-source",
                            "decoded", "--eval-images", "40", "--test-batch-size", "16", "--json", str(out), *common,
@@ -91,3 +99,22 @@ def test_benchmark_attention_layout_mode(tmp_path):
     rows = json.loads(out.read_text())["results"]
     assert [r["what"].split(", ")[-1] for r in rows] == ["batch-first (open_clip)", "sequence-first (OpenAI's layout)"]
     assert rows[0]["time_vs_batch_first"] == 1.0 and 0 <= rows[1]["max_abs_feature_diff"] < 1e-4
+
+
+def test_benchmark_replaces_its_own_json_but_no_other_file(tmp_path, data_root, capsys):
+    """--json: a file this tool wrote (with its load average) is replaced; any other file stops the run first."""
+    from tools import benchmark
+
+    out = tmp_path / "layout.json"
+    argv = ["--trainer", "CoOp", "--config-file", "configs/trainers/CoOp/tiny_synthetic.yaml", "--layout",
+            "--layout-arch", "emolab-tiny-vit", "--batch-size", "2", "--repeats", "1", "--threads", "1",
+            "--json", str(out)]
+    assert benchmark.main(argv) == 0
+    first = json.loads(out.read_text())
+    assert set(first) == {"args", "environment", "load", "results"}
+    assert benchmark.main(argv) == 0  # its own file: replaced
+    other = tmp_path / "other.json"
+    other.write_text('{"mine": 1}')
+    capsys.readouterr()
+    assert benchmark.main([*argv[:-1], str(other)]) != 0
+    assert "other.json" in capsys.readouterr().err and json.loads(other.read_text()) == {"mine": 1}

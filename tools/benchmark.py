@@ -315,6 +315,7 @@ def eval_classes(args, extra_opts: List[str]) -> List[Dict[str, Any]]:
                 for c in args.eval_classes}
     model.eval()
     times: Dict[Any, List[float]] = {}
+    parts: Dict[Any, List[float]] = {}
     with torch.no_grad():
         for r in range(args.repeats + 1):  # interleaved; the first round warms up
             for c in args.eval_classes:
@@ -328,6 +329,10 @@ def eval_classes(args, extra_opts: List[str]) -> List[Dict[str, Any]]:
                     _sync(trainer.device)
                     if r:
                         times.setdefault((c, reuse), []).append(time.perf_counter() - t0)
+                if args.eval_source == "features":  # where the time of a cached evaluation goes
+                    for part, seconds in _cached_eval_parts(trainer, model, loader).items():
+                        if r:
+                            parts.setdefault((c, part), []).append(seconds)
     model.prompt_learner, model.reuse_text_features = pl0, True
     trainer.close()
     rows = []
@@ -336,7 +341,49 @@ def eval_classes(args, extra_opts: List[str]) -> List[Dict[str, Any]]:
         rows.append({"what": f"eval from {args.eval_source}, {c} classes, class prompts encoded "
                      + ("once per evaluation" if reuse else "per batch (before)"),
                      "classes": c, "reuse": reuse, "images_per_s": n_images / t, "seconds": t, "images": n_images})
+    for (c, part), ts in parts.items():
+        whole = _best(times[(c, True)])
+        rows.append({"what": f"eval from features, {c} classes, {PART_NAMES[part]}", "classes": c, "part": part,
+                     "seconds": _best(ts), "share_of_evaluation": _best(ts) / whole, "images": n_images})
     return rows
+
+
+PART_NAMES = {
+    "text": "one text-encoder pass over the class prompts (once per evaluation)",
+    "batches": "all batches, class text features already computed (loader + logits + per-batch checks)",
+    "loader": "the feature loader alone (one gather per batch)",
+    "logits": "the logits product alone (scale * features @ text^T per batch)",
+}
+
+
+def _cached_eval_parts(trainer, model, loader) -> Dict[str, float]:
+    """Seconds of each part of one cached-feature evaluation (``PART_NAMES``), measured separately."""
+    from trainers.engine.utils import to_device
+
+    out: Dict[str, float] = {}
+    model.reuse_text_features, model._text_memo = True, None
+    t0 = time.perf_counter()
+    txt = model.eval_text_features(None)  # fills the memo, as the first batch of an evaluation does
+    _sync(trainer.device)
+    out["text"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for batch in loader:
+        trainer.inference(to_device(batch, trainer.device))
+    _sync(trainer.device)
+    out["batches"] = time.perf_counter() - t0
+    feats = []
+    t0 = time.perf_counter()
+    for batch in loader:
+        feats.append(to_device(batch, trainer.device)["feat"])
+    _sync(trainer.device)
+    out["loader"] = time.perf_counter() - t0
+    scale, weights = model.clip.logit_scale.exp(), txt[0].t()
+    t0 = time.perf_counter()
+    for f in feats:
+        scale * f @ weights
+    _sync(trainer.device)
+    out["logits"] = time.perf_counter() - t0
+    return out
 
 
 def _jpeg_folder(n: int, size: Tuple[int, int], root: str, classes: int = 1, quality: int = 90) -> List[str]:
@@ -371,7 +418,7 @@ def loader_vs_decode(args) -> List[Dict[str, Any]]:
     from datasets import build_data_loader, build_transform
     from datasets.base import Datum
     from datasets.decode import read_image_tensor
-    from datasets.loader import EpochSampler, apply_transform, read_image, view_seed
+    from datasets.loader import EpochSampler, read_image, view_seed
     from trainers import get_cfg
 
     cfg = get_cfg()
@@ -608,7 +655,8 @@ def environment(device: torch.device) -> Dict[str, str]:
 def _is_results_file(path: str) -> bool:
     with open(path, encoding="utf-8") as f:
         doc = json.load(f)
-    return isinstance(doc, dict) and set(doc) == {"args", "environment", "results"}
+    return isinstance(doc, dict) and set(doc) in ({"args", "environment", "results"},
+                                                  {"args", "environment", "load", "results"})
 
 
 def main(argv: Optional[List[str]] = None) -> int:
