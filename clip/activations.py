@@ -50,7 +50,7 @@ class FusedQuickGELU(_open_clip_quick_gelu()):
         return quick_gelu(x)
 
 
-def _swap(model: nn.Module, old: type, new: type) -> int:
+def swap_modules(model: nn.Module, old: type, new: type) -> int:
     """Replace every sub-module of exactly type ``old`` by ``new()``; the count."""
     n = 0
     for parent in model.modules():
@@ -65,11 +65,11 @@ def fuse_quick_gelu(model: nn.Module) -> int:
     """Replace every open_clip ``QuickGELU`` module of ``model`` by :class:`FusedQuickGELU`; the count."""
     from open_clip.transformer import QuickGELU
 
-    return _swap(model, QuickGELU, FusedQuickGELU)
+    return swap_modules(model, QuickGELU, FusedQuickGELU)
 
 
 def unfuse_quick_gelu(model: nn.Module) -> int:
     """The inverse of :func:`fuse_quick_gelu` (benchmarks compare the two in one process)."""
     from open_clip.transformer import QuickGELU
 
-    return _swap(model, FusedQuickGELU, QuickGELU)
+    return swap_modules(model, FusedQuickGELU, QuickGELU)

@@ -169,7 +169,7 @@ class DatasetBase:
     def existing_files(self) -> Collection[str]:
         """Image paths the start-up screening found as regular files in this process (a later
         existence check skips them; every other path is checked on disk)."""
-        return getattr(self, "_existing", frozenset())
+        return self._existing
 
     def with_existing(self, paths: Collection[str]) -> "DatasetBase":
         """This dataset, remembering that ``paths`` exist (see :attr:`existing_files`)."""

@@ -94,4 +94,3 @@ def build_dataset(cfg: Any) -> DatasetBase:
         ds.check_not_empty()
         logger.info("%r", ds)
         return ds
-

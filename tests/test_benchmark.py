@@ -118,3 +118,19 @@ def test_benchmark_replaces_its_own_json_but_no_other_file(tmp_path, data_root, 
     capsys.readouterr()
     assert benchmark.main([*argv[:-1], str(other)]) != 0
     assert "other.json" in capsys.readouterr().err and json.loads(other.read_text()) == {"mine": 1}
+
+
+def test_benchmark_layout_as_a_script_takes_project_and_openai_names(tmp_path):
+    """Run as a script (a fresh process, nothing registered yet): the project's architecture names
+    work, and an unknown name is one line with exit 2."""
+    import subprocess
+    import sys
+
+    base = [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--trainer", "CoOp", "--config-file",
+            "configs/trainers/CoOp/tiny_synthetic.yaml", "--layout", "--batch-size", "1", "--repeats", "1"]
+    ok = subprocess.run([*base, "--layout-arch", "emolab-tiny-vit"], cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "emolab-tiny-vit encode_image, batch 1, sequence-first" in ok.stdout
+    bad = subprocess.run([*base, "--layout-arch", "ViT-Q/99"], cwd=ROOT, capture_output=True, text=True)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: unknown CLIP architecture 'ViT-Q/99'")
